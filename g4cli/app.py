@@ -1,0 +1,57 @@
+"""The ``g4`` command: registers the commands and maps every error to one line + exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from g4cli.commands import convert as convert_cmd
+from g4cli.errors import G4Error
+
+app = typer.Typer(
+    name="g4",
+    help=(
+        "Run Google's Gemma 4 models locally: convert, quantize and chat.\n\n"
+        "Examples:\n\n"
+        "  g4 convert ./gemma-4-E2B-it              # safetensors -> Q4_K_M GGUF\n\n"
+        "  g4 convert ./gemma-4-E2B-it --quant q8_0 -o e2b.gguf"
+    ),
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("convert", no_args_is_help=True)(convert_cmd.convert)
+
+
+@app.callback()
+def _root() -> None:
+    """Run Google's Gemma 4 models locally."""
+
+
+def main() -> None:
+    """Entry point. Typer handles usage errors (exit 2) and Ctrl-C (exit 130); a domain error
+    becomes one ``Error: ...`` line on stderr with its exit code (traceback with G4_DEBUG=1)."""
+    try:
+        app()
+    except G4Error as e:
+        if os.environ.get("G4_DEBUG"):
+            raise
+        sys.stderr.write(f"Error: {e.message}" + (f" ({e.hint})" if e.hint else "") + "\n")
+        sys.stderr.flush()
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        # the reader went away (`g4 ... | head`): exit quietly, like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""``g4 convert``: a Hugging Face Gemma 4 checkpoint directory -> quantized GGUF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from g4cli.options import QuantOpt, ThreadsOpt
+
+
+def convert(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer).")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output GGUF path. Default: ./<dir>-<QUANT>.gguf"),
+    ] = None,
+    quant: QuantOpt = "q4_k_m",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Convert a Gemma 4 checkpoint to GGUF and quantize it with llama.cpp.
+
+    Reads config.json, the *.safetensors shards and the tokenizer; writes a text GGUF that
+    llama.cpp loads (per-layer embeddings, KV sharing, experts and K=V layers intact). The
+    path of each file written is printed on stdout; progress goes to stderr.
+
+    Examples:
+
+      g4 convert ./gemma-4-E4B-it
+
+      g4 convert ./gemma-4-31B-it --quant q8_0 -o 31b-q8.gguf
+
+      g4 convert ./gemma-4-E2B-it --quant bf16     # no quantization
+    """
+    from g4cli.render import ByteProgress, answer, human_bytes, info
+    from quantize.converter import convert as run_convert
+    from quantize.llama_quant import parse_type
+
+    qtype = parse_type(quant)
+    progress = ByteProgress()
+    with progress.running():
+        result = run_convert(checkpoint, output, quant=qtype, threads=threads, on_progress=progress.update)
+    size = result.text.stat().st_size
+    info(f"wrote {result.text} ({qtype}, {human_bytes(size)}, {result.n_tensors} tensors)")
+    answer(f"{result.text}\n")

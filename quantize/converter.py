@@ -1,0 +1,123 @@
+"""Orchestration: checkpoint dir -> text GGUF (and projector) -> llama.cpp quantization."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import GGUFValueType, Keys, LlamaFileType
+
+from quantize import gemma4
+from quantize.checkpoint import Checkpoint, open_checkpoint
+from quantize.gguf_out import KV, PARTIAL_SUFFIX, write_gguf
+from quantize.llama_quant import DEFAULT_QUANT, FLOAT_TYPES, parse_type, quantize
+from quantize.vocab import Vocab, load_vocab
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+FILE_TYPES = {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16}
+STR, U32, BOOL, F32 = GGUFValueType.STRING, GGUFValueType.UINT32, GGUFValueType.BOOL, GGUFValueType.FLOAT32
+ARR = GGUFValueType.ARRAY
+
+
+@dataclass
+class ConvertResult:
+    text: Path
+    quant: str
+    mmproj: Path | None = None
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    n_tensors: int = 0
+
+
+def vocab_kv(v: Vocab) -> list[KV]:
+    T = Keys.Tokenizer
+    kv: list[KV] = [
+        (T.MODEL, "gemma4", STR, None),  # llama.cpp derives pre-tokenizer "gemma4" from this
+        (T.LIST, v.tokens, ARR, STR),
+        (T.SCORES, v.scores, ARR, F32),
+        (T.TOKEN_TYPE, v.types, ARR, GGUFValueType.INT32),
+        (T.MERGES, v.merges, ARR, STR),  # mandatory: llama.cpp refuses a gemma4 vocab without
+        (T.ADD_BOS, v.add_bos, BOOL, None),
+        (T.ADD_EOS, v.add_eos, BOOL, None),
+        (T.ADD_PREFIX, False, BOOL, None),
+    ]
+    for role, key in (("bos", T.BOS_ID), ("eos", T.EOS_ID), ("unk", T.UNK_ID), ("pad", T.PAD_ID)):
+        if role in v.special_ids:
+            kv.append((key, v.special_ids[role], U32, None))
+    if v.chat_template:
+        kv.append((T.CHAT_TEMPLATE, v.chat_template, STR, None))
+    return kv
+
+
+def text_kv(ckpt: Checkpoint, hp: gemma4.TextParams, vocab: Vocab, outtype: str) -> list[KV]:
+    G = Keys.General
+    name = ckpt.root.resolve().name or "gemma4"
+    return [
+        (G.TYPE, "model", STR, None),
+        (G.NAME, name, STR, None),
+        (G.FILE_TYPE, int(FILE_TYPES[outtype]), U32, None),
+        (G.QUANTIZATION_VERSION, 2, U32, None),
+        *gemma4.gguf_kv(hp),
+        *vocab_kv(vocab),
+    ]
+
+
+def default_output(checkpoint: Path, quant: str, directory: Path | None = None) -> Path:
+    return (directory or Path.cwd()) / f"{Path(checkpoint).resolve().name}-{quant}.gguf"
+
+
+def write_text_gguf(
+    ckpt: Checkpoint, out: Path, outtype: str, on_progress: Progress | None = None
+) -> tuple[int, list[tuple[str, str]]]:
+    """The text model as an unquantized GGUF; returns (tensor count, dropped tensors)."""
+    hp = gemma4.text_params(ckpt.config)
+    vocab = load_vocab(ckpt.root, ckpt.config)
+    plan = gemma4.plan_text(hp, ckpt.tensors, len(vocab), outtype)
+    kv = text_kv(ckpt, hp, vocab, outtype)
+    del vocab  # write_gguf drops the KV data once written: the vocabulary need not outlive it
+    write_gguf(
+        out,
+        gemma4.ARCH,
+        kv,
+        plan.tensors,
+        (lambda done, total: on_progress("convert", done, total)) if on_progress else None,
+    )
+    return len(plan.tensors), plan.dropped
+
+
+def convert(
+    checkpoint: Path | str,
+    out: Path | str | None = None,
+    *,
+    quant: str = DEFAULT_QUANT,
+    threads: int | None = None,
+    on_progress: Progress | None = None,
+) -> ConvertResult:
+    """Convert a Gemma 4 checkpoint directory to a GGUF of type ``quant``.
+
+    ``quant`` is a llama.cpp quantization type (default Q4_K_M) or F32/F16/BF16 for an
+    unquantized file. Quantized outputs go through an unquantized intermediate in the source's
+    own dtype, deleted afterwards.
+    """
+    quant = parse_type(quant)
+    ckpt = open_checkpoint(checkpoint)
+    out = Path(out) if out is not None else default_output(ckpt.root, quant)
+    result = ConvertResult(text=out, quant=quant)
+    if quant in FLOAT_TYPES:
+        result.n_tensors, result.dropped = write_text_gguf(ckpt, out, quant, on_progress)
+        return result
+    source_type = ckpt.source_dtype if ckpt.source_dtype in FLOAT_TYPES else "F32"
+    intermediate = out.with_name(f".{out.stem}.{os.getpid()}.{source_type}{PARTIAL_SUFFIX}")
+    try:
+        result.n_tensors, result.dropped = write_text_gguf(ckpt, intermediate, source_type, on_progress)
+        quantize(
+            intermediate,
+            out,
+            quant,
+            threads=threads,
+            on_progress=(lambda done, total: on_progress("quantize", done, total)) if on_progress else None,
+        )
+    finally:
+        intermediate.unlink(missing_ok=True)
+    return result

@@ -1,0 +1,419 @@
+"""The Gemma 4 family: config -> GGUF keys, checkpoint tensors -> GGUF tensors.
+
+One file for E2B/E4B (per-layer embeddings "PLE", KV-shared layers, double-wide MLP), 26B-A4B
+(mixture of experts, K=V on full-attention layers) and 31B (K=V, per-layer KV head counts,
+proportional RoPE). What llama.cpp expects is summarised in ``shared/spec/gemma4-gguf.md``;
+every rule here names the variant it serves.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from gguf import GGUFValueType, Keys
+
+from g4cli.errors import CheckpointError, ConvertError
+from quantize import tensor_map
+from quantize.checkpoint import ConfigView
+from quantize.safetensors_io import FLOAT_DTYPES, TensorRef
+
+ARCH = "gemma4"
+ARCHITECTURES = ("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM")
+MODEL_TYPES = ("gemma4", "gemma4_text")
+
+
+@dataclass(frozen=True)
+class TextParams:
+    """The text model's hyper-parameters, validated."""
+
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv_swa: int
+    n_head_kv_full: int
+    head_dim_swa: int
+    head_dim_full: int
+    is_swa: tuple[bool, ...]
+    sliding_window: int
+    rms_eps: float
+    n_ctx_train: int
+    vocab_size: int
+    vocab_size_ple: int
+    ple_dim: int  # PLE (E2B/E4B); 0 = none
+    n_kv_shared: int  # E2B/E4B
+    double_wide_mlp: bool  # E2B
+    k_eq_v: bool  # 26B-A4B, 31B
+    rope_theta_full: float
+    rope_theta_swa: float
+    rotary_fraction_full: float
+    rotary_fraction_swa: float
+    softcap: float | None
+    n_expert: int  # MoE (26B-A4B); 0 = dense
+    n_expert_used: int
+    n_ff_expert: int
+    tied: bool
+
+    @property
+    def kv_start(self) -> int:
+        """First layer that reuses another layer's KV cache (n_layer when none does)."""
+        return self.n_layer - self.n_kv_shared
+
+    def is_shared(self, il: int) -> bool:
+        return il >= self.kv_start
+
+    def head_dim(self, il: int) -> int:
+        return self.head_dim_swa if self.is_swa[il] else self.head_dim_full
+
+    def n_head_kv(self, il: int) -> int:
+        return self.n_head_kv_swa if self.is_swa[il] else self.n_head_kv_full
+
+    def ff(self, il: int) -> int:
+        return self.n_ff * 2 if self.double_wide_mlp and self.is_shared(il) else self.n_ff
+
+    def has_v(self, il: int) -> bool:
+        return not (self.k_eq_v and not self.is_swa[il])
+
+
+def text_config(config: dict) -> ConfigView:
+    """The text part of a Gemma 4 config.json (checked to be Gemma 4)."""
+    root = ConfigView(config)
+    archs = root.list("architectures") or []
+    model_type = root.str("model_type")
+    if not any(a in ARCHITECTURES for a in archs) and model_type not in MODEL_TYPES:
+        found = ", ".join(map(str, archs)) or model_type or "unknown"
+        raise CheckpointError(
+            f"config.json: architecture {found} is not Gemma 4 (expected {' or '.join(ARCHITECTURES)})"
+        )
+    return root.sub("text_config") or root
+
+
+def _per_layer_override(tc: ConfigView, is_swa: list[bool], key: str) -> int | None:
+    """A value transformers 5.23 folds into ``per_layer_config`` for full-attention layers."""
+    plc = tc.sub("per_layer_config")
+    if plc is None:
+        return None
+    values = set()
+    for idx, sub in plc.data.items():
+        try:
+            il = int(idx)
+        except ValueError:
+            raise CheckpointError(f"config.json: per_layer_config key {idx!r} is not a layer index") from None
+        if not isinstance(sub, dict):
+            raise CheckpointError(f"config.json: per_layer_config.{idx} must be an object")
+        if 0 <= il < len(is_swa) and not is_swa[il] and key in sub:
+            values.add(ConfigView(sub, f"per_layer_config.{idx}.").int(key, minimum=1))
+    if len(values) > 1:
+        raise ConvertError(f"config.json: full-attention layers disagree on {key} ({sorted(values)})")
+    return values.pop() if values else None
+
+
+def text_params(config: dict) -> TextParams:
+    """Validate a Gemma 4 config.json and derive everything the converter needs."""
+    tc = text_config(config)
+    n_layer = tc.int("num_hidden_layers", minimum=1)
+    layer_types = tc.list("layer_types")
+    if layer_types is None:  # transformers' default: every 6th layer is full, the last always
+        layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layer)]
+        layer_types[-1] = "full_attention"
+    if len(layer_types) != n_layer or any(t not in ("sliding_attention", "full_attention") for t in layer_types):
+        raise CheckpointError(f"config.json: layer_types must list {n_layer} of 'sliding_attention'/'full_attention'")
+    is_swa = [t == "sliding_attention" for t in layer_types]
+
+    act = tc.str("hidden_activation", "gelu_pytorch_tanh")
+    if act != "gelu_pytorch_tanh":
+        raise ConvertError(f"config.json: hidden_activation {act!r} is not supported by llama.cpp's Gemma 4")
+    if tc.bool("attention_bias"):
+        raise ConvertError("config.json: attention_bias=true is not supported by llama.cpp's Gemma 4")
+    if tc.str("use_bidirectional_attention") == "all":
+        raise ConvertError("config.json: use_bidirectional_attention='all' is not supported by llama.cpp")
+
+    head_dim = tc.int("head_dim", minimum=2)
+    head_dim_full = (
+        tc.int("global_head_dim", minimum=2)
+        if tc.has("global_head_dim")
+        else _per_layer_override(tc, is_swa, "head_dim") or (512 if tc.sub("per_layer_config") is None else head_dim)
+    )
+    n_head = tc.int("num_attention_heads", minimum=1)
+    n_kv = tc.int("num_key_value_heads", minimum=1)
+    k_eq_v = tc.bool("attention_k_eq_v")
+    n_kv_full = n_kv
+    if k_eq_v:
+        if tc.has("num_global_key_value_heads"):
+            n_kv_full = tc.int("num_global_key_value_heads", minimum=1)
+        else:
+            n_kv_full = _per_layer_override(tc, is_swa, "num_key_value_heads") or n_kv
+    for heads_kv in (n_kv, n_kv_full):
+        if n_head % heads_kv:
+            raise CheckpointError(f"config.json: num_attention_heads {n_head} is not a multiple of {heads_kv}")
+
+    rope = tc.sub("rope_parameters")
+    full = rope.sub("full_attention") if rope else None
+    swa = rope.sub("sliding_attention") if rope else None
+    full = full or ConfigView({"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6})
+    swa = swa or ConfigView({"rope_type": "default", "rope_theta": 1e4})
+    if full.str("rope_type", "default") not in ("default", "proportional"):
+        raise ConvertError(f"config.json: full-attention rope_type {full.str('rope_type')!r} is not supported")
+    if swa.str("rope_type", "default") != "default":
+        raise ConvertError(f"config.json: sliding-attention rope_type {swa.str('rope_type')!r} is not supported")
+    if full.float("factor", 1.0) != 1.0:
+        raise ConvertError("config.json: RoPE scaling factors are not supported")
+
+    moe = tc.bool("enable_moe_block")
+    softcap = tc.data.get("final_logit_softcapping")
+    hp = TextParams(
+        n_layer=n_layer,
+        n_embd=tc.int("hidden_size", minimum=1),
+        n_ff=tc.int("intermediate_size", minimum=1),
+        n_head=n_head,
+        n_head_kv_swa=n_kv,
+        n_head_kv_full=n_kv_full,
+        head_dim_swa=head_dim,
+        head_dim_full=head_dim_full,
+        is_swa=tuple(is_swa),
+        sliding_window=tc.int("sliding_window", minimum=1),
+        rms_eps=tc.float("rms_norm_eps", 1e-6),
+        n_ctx_train=tc.int("max_position_embeddings", minimum=1),
+        vocab_size=tc.int("vocab_size", minimum=1),
+        vocab_size_ple=tc.int("vocab_size_per_layer_input", tc.data.get("vocab_size"), minimum=1),
+        ple_dim=tc.int("hidden_size_per_layer_input", 0),
+        n_kv_shared=tc.int("num_kv_shared_layers", 0),
+        double_wide_mlp=tc.bool("use_double_wide_mlp"),
+        k_eq_v=k_eq_v,
+        rope_theta_full=full.float("rope_theta", 1e6),
+        rope_theta_swa=swa.float("rope_theta", 1e4),
+        rotary_fraction_full=full.float("partial_rotary_factor", 1.0),
+        rotary_fraction_swa=swa.float("partial_rotary_factor", 1.0),
+        softcap=tc.float("final_logit_softcapping") if softcap else None,
+        n_expert=tc.int("num_experts", minimum=1) if moe else 0,
+        n_expert_used=tc.int("top_k_experts", minimum=1) if moe else 0,
+        n_ff_expert=tc.int("moe_intermediate_size", minimum=1) if moe else 0,
+        tied=ConfigView(config).bool("tie_word_embeddings", True) and tc.bool("tie_word_embeddings", True),
+    )
+    check_loadable(hp)
+    return hp
+
+
+def check_loadable(hp: TextParams) -> None:
+    """Refuse layouts that llama.cpp would abort on (an assert kills the loading process)."""
+    if all(hp.is_swa) or not any(hp.is_swa):
+        raise ConvertError("config.json: llama.cpp needs at least one sliding and one full-attention layer")
+    if hp.n_expert and hp.n_expert_used > hp.n_expert:
+        raise CheckpointError("config.json: top_k_experts exceeds num_experts")
+    if not 0 < hp.rotary_fraction_full <= 1 or not 0 < hp.rotary_fraction_swa <= 1:
+        raise ConvertError("config.json: partial_rotary_factor must be in (0, 1]")
+    if hp.n_kv_shared == 0:
+        return
+    start = hp.kv_start
+    # llama.cpp: shared full layers reuse layer kv_start-1, shared sliding layers kv_start-2
+    if start < 2 or hp.is_swa[start - 1] or not hp.is_swa[start - 2]:
+        raise ConvertError(
+            f"config.json: num_kv_shared_layers={hp.n_kv_shared} with this layer_types cannot be "
+            f"loaded by llama.cpp (layer {start - 1} must be full attention and layer {start - 2} "
+            "sliding; llama.cpp would abort)"
+        )
+
+
+# --- GGUF metadata ---------------------------------------------------------------------------
+
+U32, F32, BOOL = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.BOOL
+
+
+def _k(template: str) -> str:
+    return template.format(arch=ARCH)
+
+
+def gguf_kv(hp: TextParams) -> list[tuple[str, object, GGUFValueType, GGUFValueType | None]]:
+    """(key, value, type, array element type) for every gemma4.* key llama.cpp reads."""
+    L, A = Keys.LLM, Keys.Attention
+    kv: list[tuple[str, object, GGUFValueType, GGUFValueType | None]] = [
+        (_k(L.BLOCK_COUNT), hp.n_layer, U32, None),
+        (_k(L.CONTEXT_LENGTH), hp.n_ctx_train, U32, None),
+        (_k(L.EMBEDDING_LENGTH), hp.n_embd, U32, None),
+        (_k(A.HEAD_COUNT), hp.n_head, U32, None),
+        (_k(A.KEY_LENGTH), hp.head_dim_full, U32, None),
+        (_k(A.VALUE_LENGTH), hp.head_dim_full, U32, None),
+        (_k(A.KEY_LENGTH_SWA), hp.head_dim_swa, U32, None),
+        (_k(A.VALUE_LENGTH_SWA), hp.head_dim_swa, U32, None),
+        (_k(A.LAYERNORM_RMS_EPS), hp.rms_eps, F32, None),
+        (_k(A.SLIDING_WINDOW), hp.sliding_window, U32, None),
+        # must be an array: a scalar pattern fails the loader
+        (_k(A.SLIDING_WINDOW_PATTERN), list(hp.is_swa), GGUFValueType.ARRAY, BOOL),
+        (_k(A.SHARED_KV_LAYERS), hp.n_kv_shared, U32, None),  # E2B/E4B
+        (_k(L.EMBD_LENGTH_PER_LAYER_INP), hp.ple_dim, U32, None),  # PLE; 0 = none, but required
+        # full layers rotate all dims; rope_freqs freezes the unrotated ones (proportional RoPE)
+        (_k(Keys.Rope.DIMENSION_COUNT), hp.head_dim_full, U32, None),
+        (_k(Keys.Rope.DIMENSION_COUNT_SWA), int(hp.head_dim_swa * hp.rotary_fraction_swa), U32, None),
+        (_k(Keys.Rope.FREQ_BASE), hp.rope_theta_full, F32, None),
+        (_k(Keys.Rope.FREQ_BASE_SWA), hp.rope_theta_swa, F32, None),
+    ]
+    ffs = [hp.ff(il) for il in range(hp.n_layer)]
+    if len(set(ffs)) == 1:
+        kv.append((_k(L.FEED_FORWARD_LENGTH), ffs[0], U32, None))
+    else:  # double-wide MLP on the KV-shared layers (E2B)
+        kv.append((_k(L.FEED_FORWARD_LENGTH), ffs, GGUFValueType.ARRAY, U32))
+    if hp.n_head_kv_swa == hp.n_head_kv_full:
+        kv.append((_k(A.HEAD_COUNT_KV), hp.n_head_kv_swa, U32, None))
+    else:  # per-layer KV heads (26B-A4B, 31B)
+        heads = [hp.n_head_kv(il) for il in range(hp.n_layer)]
+        kv.append((_k(A.HEAD_COUNT_KV), heads, GGUFValueType.ARRAY, U32))
+    # always written: llama.cpp defaults to 30 when absent; 0 switches the softcap off
+    kv.append((_k(L.FINAL_LOGIT_SOFTCAPPING), hp.softcap or 0.0, F32, None))
+    if hp.n_expert:  # MoE (26B-A4B)
+        kv.append((_k(L.EXPERT_COUNT), hp.n_expert, U32, None))
+        kv.append((_k(L.EXPERT_USED_COUNT), hp.n_expert_used, U32, None))
+        kv.append((_k(L.EXPERT_FEED_FORWARD_LENGTH), hp.n_ff_expert, U32, None))
+    return kv
+
+
+def rope_freqs(hp: TextParams) -> np.ndarray:
+    """Frequency factors for full layers: 1 for rotated pairs, 1e30 freezes the others."""
+    n_pairs = hp.head_dim_full // 2
+    n_rot = int(hp.rotary_fraction_full * hp.head_dim_full // 2)
+    return np.array([1.0] * n_rot + [1e30] * (n_pairs - n_rot), dtype=np.float32)
+
+
+# --- tensors ---------------------------------------------------------------------------------
+
+
+def expected_shapes(hp: TextParams) -> dict[str, tuple[int, ...]]:
+    """Every GGUF tensor the checkpoint must provide, with its HF (row-major) shape."""
+    H, P, L = hp.n_embd, hp.ple_dim, hp.n_layer
+    out: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (hp.vocab_size, H),
+        "output_norm.weight": (H,),
+    }
+    if not hp.tied:
+        out["output.weight"] = (hp.vocab_size, H)
+    if P:  # PLE (E2B/E4B)
+        out["per_layer_token_embd.weight"] = (hp.vocab_size_ple, L * P)
+        out["per_layer_model_proj.weight"] = (L * P, H)
+        out["per_layer_proj_norm.weight"] = (P,)
+    for il in range(L):
+        hd, q = hp.head_dim(il), hp.n_head * hp.head_dim(il)
+        kv = hp.n_head_kv(il) * hd
+        blk = {
+            "attn_norm": (H,),
+            "post_attention_norm": (H,),
+            "ffn_norm": (H,),
+            "post_ffw_norm": (H,),
+            "attn_q": (q, H),
+            "attn_q_norm": (hd,),
+            "attn_output": (H, q),
+            "ffn_gate": (hp.ff(il), H),
+            "ffn_up": (hp.ff(il), H),
+            "ffn_down": (H, hp.ff(il)),
+            "layer_output_scale": (1,),
+        }
+        if not hp.is_shared(il):  # layers that own a KV cache
+            blk["attn_k"] = (kv, H)
+            blk["attn_k_norm"] = (hd,)
+            if hp.has_v(il):
+                blk["attn_v"] = (kv, H)
+        if P:
+            blk.update({"inp_gate": (P, H), "proj": (H, P), "post_norm": (H,)})
+        if hp.n_expert:  # MoE (26B-A4B)
+            E, Ie = hp.n_expert, hp.n_ff_expert
+            blk.update(
+                {
+                    "ffn_gate_inp": (E, H),
+                    "pre_ffw_norm_2": (H,),
+                    "post_ffw_norm_1": (H,),
+                    "post_ffw_norm_2": (H,),
+                    "ffn_gate_up_exps": (E, 2 * Ie, H),
+                    "ffn_down_exps": (E, H, Ie),
+                }
+            )
+        for key, shape in blk.items():
+            out[f"blk.{il}.{key}.weight"] = shape
+        if hp.n_expert:
+            out[f"blk.{il}.ffn_gate_inp.scale"] = (H,)
+            out[f"blk.{il}.ffn_down_exps.scale"] = (hp.n_expert,)
+    return out
+
+
+F32_ALWAYS = re.compile(
+    r"(_norm(_\d)?\.weight|\.scale|ffn_gate_inp\.weight|layer_output_scale\.weight|rope_freqs\.weight)$"
+)
+
+
+def output_dtype(name: str, shape: tuple[int, ...], outtype: str) -> str:
+    """Norms, scales, the router and every 1-D tensor stay F32 (llama.cpp never quantizes them)."""
+    if len(shape) <= 1 or F32_ALWAYS.search(name):
+        return "F32"
+    return outtype
+
+
+@dataclass
+class OutTensor:
+    """One tensor of the output GGUF: streamed from a source, or given as an array."""
+
+    name: str
+    shape: tuple[int, ...]  # row-major (numpy) order
+    dtype: str  # F32 / F16 / BF16
+    source: TensorRef | None = None
+    data: np.ndarray | None = None
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_elements * (4 if self.dtype == "F32" else 2)
+
+
+@dataclass
+class Plan:
+    tensors: list[OutTensor]
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (source name, rule)
+
+
+def plan_text(hp: TextParams, tensors: dict[str, TensorRef], n_vocab: int, outtype: str) -> Plan:
+    """Decide, for every source tensor, where it goes; refuse unknown, missing or misshapen ones."""
+    if n_vocab > hp.vocab_size:
+        raise ConvertError(f"tokenizer has {n_vocab} tokens but the embedding only {hp.vocab_size} rows")
+    expected = expected_shapes(hp)
+    found: dict[str, TensorRef] = {}
+    plan = Plan(tensors=[])
+    for name, ref in tensors.items():
+        rule = tensor_map.drop_rule(name)
+        if rule is None and name.endswith("lm_head.weight") and hp.tied:
+            rule = tensor_map.TIED_HEAD_RULE
+        mapped = tensor_map.gguf_name(name) if rule is None else None
+        if mapped is not None and mapped[1] is not None and mapped[1] >= hp.n_layer:
+            raise CheckpointError(f"tensor {name!r}: layer {mapped[1]} but the config has {hp.n_layer} layers")
+        if mapped is not None and mapped[0] not in expected and mapped[1] is not None and hp.is_shared(mapped[1]):
+            if re.search(r"\.attn_(k|v|k_norm|v_norm)\.weight$", mapped[0]):
+                rule = tensor_map.SHARED_KV_RULE  # E2B/E4B original checkpoints carry them
+        if rule is not None:
+            plan.dropped.append((name, rule))
+            continue
+        if mapped is None or mapped[0] not in expected:
+            raise ConvertError(f"unknown tensor {name!r} in {ref.path.name}: no rule converts or drops it")
+        gname = mapped[0]
+        if gname in found:
+            raise ConvertError(f"tensors {found[gname].name!r} and {name!r} both map to {gname}")
+        if ref.shape != expected[gname]:
+            raise ConvertError(
+                f"tensor {name!r} in {ref.path.name} has shape {list(ref.shape)}, "
+                f"expected {list(expected[gname])} from config.json"
+            )
+        if ref.dtype not in FLOAT_DTYPES:
+            raise ConvertError(f"tensor {name!r} has dtype {ref.dtype}; only F32, F16 and BF16 are supported")
+        found[gname] = ref
+    missing = [g for g in expected if g not in found]
+    if missing:
+        raise ConvertError(f"checkpoint is missing tensor {missing[0]} (and {len(missing) - 1} more)")
+
+    # llama.cpp's loader order: globals, then rope_freqs, then blocks (any order loads; keep it tidy)
+    for gname, shape in expected.items():
+        if gname == "token_embd.weight":
+            shape = (n_vocab, shape[1])  # rows beyond the tokenizer are never used
+        plan.tensors.append(OutTensor(gname, shape, output_dtype(gname, shape, outtype), source=found[gname]))
+    freqs = rope_freqs(hp)
+    plan.tensors.append(OutTensor("rope_freqs.weight", freqs.shape, "F32", data=freqs))
+    return plan

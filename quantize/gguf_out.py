@@ -1,0 +1,122 @@
+"""Write a GGUF file by streaming tensor data, atomically (temp file beside it, then rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
+
+from g4cli.errors import OutputError, describe_os_error
+from quantize.safetensors_io import convert_raw, iter_raw
+
+ALIGNMENT = 32  # GGUF default
+GGML_TYPES = {"F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16, "BF16": GGMLQuantizationType.BF16}
+Progress = Callable[[int, int], None]
+KV = tuple[str, object, GGUFValueType, GGUFValueType | None]
+
+PARTIAL_SUFFIX = ".g4-partial"
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name an artifact is written under before it is renamed into place."""
+    return path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it into place on success, delete it otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: output directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{parent}: output directory is not writable")
+    tmp = partial_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(describe_os_error(e, str(path))) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tensor_bytes(t) -> Iterator[memoryview]:
+    """The output bytes of one planned tensor, a chunk at a time."""
+    if t.data is not None:
+        arr = np.ascontiguousarray(t.data, dtype=np.float32)
+        if t.dtype != "F32":
+            arr = convert_raw(arr.reshape(-1), "F32", t.dtype)
+        yield memoryview(arr).cast("B")
+        return
+    for chunk in iter_raw(t.source, n_elements=t.n_elements):
+        yield memoryview(np.ascontiguousarray(convert_raw(chunk, t.source.dtype, t.dtype))).cast("B")
+
+
+def _copy_range(src, nbytes: int, dst, report: Callable[[int], object], base: int) -> int:
+    """Copy ``nbytes`` of a source tensor into ``dst`` at its current position, in kernel space."""
+    step = 64 * 1024 * 1024
+    with open(src.path, "rb", buffering=0) as f:
+        copied = 0
+        while copied < nbytes:
+            want = min(step, nbytes - copied)
+            try:
+                n = os.copy_file_range(f.fileno(), dst.fileno(), want, src.offset + copied)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                n = dst.write(os.pread(f.fileno(), want, src.offset + copied))
+            if n <= 0:
+                raise OutputError(f"{src.path.name}: file ends early while copying {src.name!r} (truncated)")
+            copied += n
+            report(base + copied)
+    return copied
+
+
+def write_gguf(path: Path, arch: str, kv: list[KV], tensors: list, on_progress: Progress | None = None) -> None:
+    """Write ``tensors`` (objects with name, shape, dtype, nbytes, and data or source) to ``path``.
+
+    ``kv`` is consumed (cleared), so that large metadata is freed before tensor data streams.
+    """
+    writer = GGUFWriter(None, arch)
+    for key, value, vtype, sub in kv:
+        writer.add_key_value(key, value, vtype, sub_type=sub)
+    kv.clear()  # the writer holds the values now; it lets them go once they are on disk
+    for t in tensors:
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=GGML_TYPES[t.dtype])
+    total = sum(t.nbytes for t in tensors)
+    with atomic_output(path) as tmp:
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.kv_data = [{}]  # a 262k-token vocabulary is 100+ MB of Python objects: free it first
+        writer.write_ti_data_to_file()
+        writer.close()
+        done = 0
+        with open(tmp, "r+b", buffering=0) as f:  # not "ab": copy_file_range refuses O_APPEND
+            f.seek(0, os.SEEK_END)
+            for t in tensors:
+                pos = f.tell()
+                f.write(b"\0" * (-pos % ALIGNMENT))
+                if t.data is None and t.source.dtype == t.dtype:
+                    # same type: let the kernel copy the bytes (as fast as `cp`, no user-space buffer)
+                    done += _copy_range(t.source, t.nbytes, f, lambda n: on_progress and on_progress(n, total), done)
+                    continue
+                written = 0
+                for chunk in _tensor_bytes(t):
+                    while chunk:
+                        n = f.write(chunk)
+                        chunk = chunk[n:]
+                        written += n
+                        done += n
+                    if on_progress:
+                        on_progress(done, total)
+                if written != t.nbytes:
+                    raise OutputError(f"{t.name}: wrote {written} bytes, expected {t.nbytes}")
+            f.write(b"\0" * (-f.tell() % ALIGNMENT))

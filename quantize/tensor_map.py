@@ -1,0 +1,109 @@
+"""Hugging Face -> GGUF tensor names for Gemma 4, as data.
+
+Each entry: (HF name after the text prefix, GGUF name, where it comes from). ``{bid}`` stands for
+a layer index. The HF names are transformers 5.23's module paths (``Gemma4TextModel``); GGUF
+names are llama.cpp's (``LLM_ARCH_GEMMA4``). Checked by ``tests/test_tensor_map.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+# Prefixes under which the text model's weights are stored.
+TEXT_PREFIXES = (
+    "model.language_model.",  # Gemma4ForConditionalGeneration (all official releases)
+    "model.",  # Gemma4ForCausalLM
+)
+
+TEXT_TENSORS: list[tuple[str, str, str]] = [
+    # embeddings and head
+    ("embed_tokens.weight", "token_embd.weight", "all; rows trimmed to the tokenizer"),
+    ("norm.weight", "output_norm.weight", "all"),
+    ("lm_head.weight", "output.weight", "only when not tied (Gemma 4 ties it)"),
+    # per-layer embeddings, PLE (E2B/E4B)
+    ("embed_tokens_per_layer.weight", "per_layer_token_embd.weight", "PLE (E2B/E4B)"),
+    ("per_layer_model_projection.weight", "per_layer_model_proj.weight", "PLE (E2B/E4B)"),
+    ("per_layer_projection_norm.weight", "per_layer_proj_norm.weight", "PLE (E2B/E4B)"),
+    # block norms
+    ("layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight", "all"),
+    ("layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight", "all"),
+    ("layers.{bid}.pre_feedforward_layernorm.weight", "blk.{bid}.ffn_norm.weight", "all"),
+    ("layers.{bid}.post_feedforward_layernorm.weight", "blk.{bid}.post_ffw_norm.weight", "all"),
+    # attention
+    ("layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", "all"),
+    ("layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", "layers that own a KV cache"),
+    ("layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", "absent where K=V (31B, 26B full layers)"),
+    ("layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", "all"),
+    ("layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight", "all"),
+    ("layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", "layers that own a KV cache"),
+    # dense MLP (the "shared expert" beside the experts in 26B-A4B)
+    ("layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", "all"),
+    ("layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight", "all"),
+    ("layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", "all"),
+    ("layers.{bid}.layer_scalar", "blk.{bid}.layer_output_scale.weight", "all; a [1] buffer"),
+    # per-layer input (E2B/E4B)
+    ("layers.{bid}.per_layer_input_gate.weight", "blk.{bid}.inp_gate.weight", "PLE (E2B/E4B)"),
+    ("layers.{bid}.per_layer_projection.weight", "blk.{bid}.proj.weight", "PLE (E2B/E4B)"),
+    ("layers.{bid}.post_per_layer_input_norm.weight", "blk.{bid}.post_norm.weight", "PLE (E2B/E4B)"),
+    # mixture of experts (26B-A4B)
+    ("layers.{bid}.router.proj.weight", "blk.{bid}.ffn_gate_inp.weight", "MoE (26B-A4B)"),
+    ("layers.{bid}.router.scale", "blk.{bid}.ffn_gate_inp.scale", "MoE (26B-A4B)"),
+    ("layers.{bid}.router.per_expert_scale", "blk.{bid}.ffn_down_exps.scale", "MoE (26B-A4B)"),
+    ("layers.{bid}.experts.gate_up_proj", "blk.{bid}.ffn_gate_up_exps.weight", "MoE (26B-A4B); [E, 2I, H]"),
+    ("layers.{bid}.experts.down_proj", "blk.{bid}.ffn_down_exps.weight", "MoE (26B-A4B); [E, H, I]"),
+    ("layers.{bid}.pre_feedforward_layernorm_2.weight", "blk.{bid}.pre_ffw_norm_2.weight", "MoE (26B-A4B)"),
+    ("layers.{bid}.post_feedforward_layernorm_1.weight", "blk.{bid}.post_ffw_norm_1.weight", "MoE (26B-A4B)"),
+    ("layers.{bid}.post_feedforward_layernorm_2.weight", "blk.{bid}.post_ffw_norm_2.weight", "MoE (26B-A4B)"),
+]
+
+# Source tensors that are deliberately not in the text GGUF, each with the rule that drops it.
+# (regex on the full HF name, rule). KV-shared layers' own K/V weights are dropped in gemma4.py,
+# because which layers share depends on the config.
+DROPPED: list[tuple[str, str]] = [
+    (r"^model\.(vision_tower|embed_vision)\.", "vision tower: belongs to the mmproj file"),
+    (r"^model\.(audio_tower|embed_audio)\.", "audio tower: belongs to the mmproj file"),
+    (r"\.rotary_emb\.inv_freq$", "RoPE buffer: recomputed by llama.cpp"),
+]
+TIED_HEAD_RULE = "lm_head: tied to embed_tokens"
+SHARED_KV_RULE = "KV-shared layer: reads the cache of an earlier layer, its own K/V are unused"
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(template).replace(re.escape("{bid}"), r"(?P<bid>\d+)") + "$")
+
+
+@cache
+def _patterns() -> list[tuple[re.Pattern[str], str]]:
+    return [(_compile(hf), gg) for hf, gg, _ in TEXT_TENSORS]
+
+
+def strip_text_prefix(name: str) -> str | None:
+    """The name relative to the text model, or None if it is not a text-model tensor."""
+    if name == "lm_head.weight":
+        return name
+    for prefix in TEXT_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return None
+
+
+def gguf_name(hf_name: str) -> tuple[str, int | None] | None:
+    """HF tensor name -> (GGUF name, layer index or None); None when the table has no entry."""
+    rel = strip_text_prefix(hf_name)
+    if rel is None:
+        return None
+    for pattern, target in _patterns():
+        m = pattern.match(rel)
+        if m:
+            bid = m.groupdict().get("bid")
+            return (target.format(bid=bid) if bid is not None else target), (int(bid) if bid else None)
+    return None
+
+
+def drop_rule(hf_name: str) -> str | None:
+    """The rule that drops this tensor from the text GGUF, if any."""
+    for pattern, rule in DROPPED:
+        if re.search(pattern, hf_name):
+            return rule
+    return None

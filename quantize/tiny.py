@@ -1,0 +1,587 @@
+"""Tiny random-weight Gemma 4 checkpoints in the exact layout of the real releases.
+
+``make_checkpoint(dir, "e2b")`` writes config.json (fields as transformers 5.23 saves them),
+``model*.safetensors`` (names under ``model.language_model.`` / ``model.vision_tower.`` /
+``model.audio_tower.``), tokenizer.json, tokenizer_config.json, chat_template.jinja,
+generation_config.json and processor_config.json. numpy + JSON only, so the product itself can
+use it (``g4 doctor``); tests load the very same files with transformers.
+
+Initialisation follows shared/spec/tiny-checkpoints.md so that parity tests can fail: token
+embeddings with std 1/sqrt(hidden), final norm ~3, q/k norms ~head_dim^-0.25, router std 2,
+``layer_scalar`` U(0.5, 1), clip bounds of ~±2 so the clamps act.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from quantize import safetensors_io as st
+from quantize import tiny_tokenizer
+
+S, F = "sliding_attention", "full_attention"
+
+# Family shapes: real layouts shrunk. Widths are multiples of 256 so K-quants apply unchanged.
+FAMILIES: dict[str, dict] = {
+    "e2b": {  # PLE, KV sharing (5 of 10 layers), double-wide MLP on shared layers, audio
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=10,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=64,
+            global_head_dim=128,
+            hidden_size_per_layer_input=256,
+            num_kv_shared_layers=5,
+            use_double_wide_mlp=True,
+            layer_types=[S, S, S, S, F] * 2,
+        ),
+        "vision": "small",
+        "audio": True,
+    },
+    "e4b": {  # PLE, KV sharing (6 of 12 layers), audio
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=12,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+            global_head_dim=128,
+            hidden_size_per_layer_input=256,
+            num_kv_shared_layers=6,
+            layer_types=[S, S, S, S, S, F] * 2,
+        ),
+        "vision": "small",
+        "audio": True,
+    },
+    "26b-a4b": {  # mixture of experts beside a dense MLP, K=V on full layers, per-layer KV heads
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=256,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_global_key_value_heads=1,
+            head_dim=64,
+            global_head_dim=128,
+            hidden_size_per_layer_input=0,
+            attention_k_eq_v=True,
+            enable_moe_block=True,
+            num_experts=8,
+            top_k_experts=2,
+            moe_intermediate_size=256,
+            layer_types=[S, S, F, S, S, F],
+            use_bidirectional_attention="vision",
+        ),
+        "vision": "large",
+        "audio": False,
+    },
+    "31b": {  # dense, K=V on full layers, per-layer KV heads, no PLE
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_global_key_value_heads=1,
+            head_dim=64,
+            global_head_dim=128,
+            hidden_size_per_layer_input=0,
+            attention_k_eq_v=True,
+            layer_types=[S, S, F, S, S, F],
+            use_bidirectional_attention="vision",
+        ),
+        "vision": "large",
+        "audio": False,
+    },
+    "e2b-real": {  # the real E2B shapes (random values) for benchmarks
+        "text": dict(
+            hidden_size=1536,
+            intermediate_size=6144,
+            num_hidden_layers=35,
+            num_attention_heads=8,
+            num_key_value_heads=1,
+            head_dim=256,
+            global_head_dim=512,
+            hidden_size_per_layer_input=256,
+            num_kv_shared_layers=20,
+            use_double_wide_mlp=True,
+            layer_types=[S, S, S, S, F] * 7,
+            sliding_window=512,
+            vocab_size=262144,
+            max_position_embeddings=131072,
+        ),
+        "vision": "e2b",
+        "audio": "e2b",
+    },
+}
+ALIASES = {"26b": "26b-a4b", "a4b": "26b-a4b", "e2b_real": "e2b-real"}
+
+TEXT_DEFAULTS = dict(
+    attention_bias=False,
+    attention_dropout=0.0,
+    attention_k_eq_v=False,
+    bos_token_id=2,
+    enable_moe_block=False,
+    eos_token_id=1,
+    final_logit_softcapping=30.0,
+    hidden_activation="gelu_pytorch_tanh",
+    initializer_range=0.02,
+    max_position_embeddings=4096,
+    model_type="gemma4_text",
+    moe_intermediate_size=None,
+    num_experts=None,
+    num_kv_shared_layers=0,
+    pad_token_id=0,
+    rms_norm_eps=1e-06,
+    rope_parameters={
+        "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+        "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
+    },
+    sliding_window=8,
+    tie_word_embeddings=True,
+    top_k_experts=None,
+    use_bidirectional_attention=None,
+    use_cache=True,
+    use_double_wide_mlp=False,
+    vocab_size=1024,
+)
+VISION = {
+    "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
+                  position_embedding_size=64, use_clipped_linears=True, standardize=False),
+    "large": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
+                  position_embedding_size=64, use_clipped_linears=False, standardize=True),
+    "e2b": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12, head_dim=64,
+                position_embedding_size=10240, use_clipped_linears=True, standardize=False),
+}  # fmt: skip
+AUDIO = {
+    True: dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, output_proj_dims=96),
+    "e2b": dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, output_proj_dims=1536),
+}
+
+
+def family_names() -> list[str]:
+    return [f for f in FAMILIES if not f.endswith("-real")]
+
+
+# --- config.json ----------------------------------------------------------------------------
+
+
+def _text_config(spec: dict, legacy: bool) -> dict:
+    tc = {**TEXT_DEFAULTS, **spec}
+    global_hd = tc.pop("global_head_dim")
+    global_kv = tc.pop("num_global_key_value_heads", None)
+    tc.setdefault("vocab_size_per_layer_input", tc["vocab_size"])
+    if legacy:  # how configs looked before transformers folded these into per_layer_config
+        tc["global_head_dim"] = global_hd
+        if global_kv is not None:
+            tc["num_global_key_value_heads"] = global_kv
+    else:
+        override = {"head_dim": global_hd}
+        if tc["attention_k_eq_v"] and global_kv is not None and global_kv != tc["num_key_value_heads"]:
+            override["num_key_value_heads"] = global_kv
+        width = len(str(len(tc["layer_types"]) - 1))  # transformers zero-pads the layer index
+        tc["per_layer_config"] = {f"{i:0{width}d}": dict(override) for i, t in enumerate(tc["layer_types"]) if t == F}
+    return dict(sorted(tc.items()))
+
+
+def _vision_config(kind: str | None) -> dict | None:
+    if not kind:
+        return None
+    vc = dict(
+        attention_bias=False,
+        attention_dropout=0.0,
+        hidden_activation="gelu_pytorch_tanh",
+        initializer_range=0.02,
+        max_position_embeddings=131072,
+        model_type="gemma4_vision",
+        patch_size=16,
+        pooling_kernel_size=3,
+        rms_norm_eps=1e-06,
+        rope_parameters={"rope_theta": 100.0, "rope_type": "axial"},
+        **VISION[kind],
+    )
+    vc["num_key_value_heads"] = vc["num_attention_heads"]
+    return dict(sorted(vc.items()))
+
+
+def _audio_config(kind: object) -> dict | None:
+    if not kind:
+        return None
+    ac = dict(
+        attention_chunk_size=12,
+        attention_context_left=13,
+        attention_context_right=0,
+        attention_invalid_logits_value=-1000000000.0,
+        attention_logit_cap=50.0,
+        conv_kernel_size=5,
+        gradient_clipping=10000000000.0,
+        hidden_act="silu",
+        initializer_range=0.02,
+        model_type="gemma4_audio",
+        residual_weight=0.5,
+        rms_norm_eps=1e-06,
+        subsampling_conv_channels=[128, 32],
+        use_clipped_linears=True,
+        **AUDIO[kind],
+    )
+    return dict(sorted(ac.items()))
+
+
+def make_config(family: str, *, legacy: bool = False, dtype: str = "F32", text: dict | None = None) -> dict:
+    fam = FAMILIES[ALIASES.get(family, family)]
+    cfg = {
+        "architectures": ["Gemma4ForConditionalGeneration"],
+        "audio_config": _audio_config(fam["audio"]),
+        **tiny_tokenizer.MEDIA_IDS,
+        "dtype": {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype],
+        "initializer_range": 0.02,
+        "model_type": "gemma4",
+        "text_config": _text_config({**fam["text"], **(text or {})}, legacy),
+        "tie_word_embeddings": True,
+        "transformers_version": "5.23.0",
+        "vision_config": _vision_config(fam["vision"]),
+    }
+    return dict(sorted(cfg.items()))
+
+
+# --- tensor names and shapes (as transformers 5.23 names its modules) ------------------------
+
+
+BLOCK_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
+def text_tensors(tc: dict) -> list[tuple[str, tuple[int, ...]]]:
+    H, L, P = tc["hidden_size"], tc["num_hidden_layers"], tc["hidden_size_per_layer_input"]
+    types = tc["layer_types"]
+    first_shared = L - tc["num_kv_shared_layers"]
+    plc = tc.get("per_layer_config", {})
+    gl_hd = tc.get("global_head_dim") or next((v["head_dim"] for v in plc.values() if "head_dim" in v), None)
+    gl_kv = tc.get("num_global_key_value_heads") or next(
+        (v["num_key_value_heads"] for v in plc.values() if "num_key_value_heads" in v), tc["num_key_value_heads"]
+    )
+    p = "model.language_model."
+    out = [(p + "embed_tokens.weight", (tc["vocab_size"], H))]
+    for i in range(L):
+        b = f"{p}layers.{i}."
+        full = types[i] == F
+        hd = gl_hd if full else tc["head_dim"]
+        kv = (gl_kv if full and tc["attention_k_eq_v"] else tc["num_key_value_heads"]) * hd
+        q = tc["num_attention_heads"] * hd
+        ff = tc["intermediate_size"] * (2 if tc["use_double_wide_mlp"] and i >= first_shared else 1)
+        out += [
+            (b + "layer_scalar", (1,)),
+            (b + "self_attn.q_proj.weight", (q, H)),
+            (b + "self_attn.q_norm.weight", (hd,)),
+        ]
+        if i < first_shared:
+            out += [(b + "self_attn.k_norm.weight", (hd,)), (b + "self_attn.k_proj.weight", (kv, H))]
+            if not (full and tc["attention_k_eq_v"]):
+                out.append((b + "self_attn.v_proj.weight", (kv, H)))
+        out += [
+            (b + "self_attn.o_proj.weight", (H, q)),
+            (b + "mlp.gate_proj.weight", (ff, H)),
+            (b + "mlp.up_proj.weight", (ff, H)),
+            (b + "mlp.down_proj.weight", (H, ff)),
+        ]
+        out += [(b + n + ".weight", (H,)) for n in BLOCK_NORMS]
+        if P:
+            out += [
+                (b + "per_layer_input_gate.weight", (P, H)),
+                (b + "per_layer_projection.weight", (H, P)),
+                (b + "post_per_layer_input_norm.weight", (H,)),
+            ]
+        if tc["enable_moe_block"]:
+            E, Ie = tc["num_experts"], tc["moe_intermediate_size"]
+            out += [
+                (b + "router.scale", (H,)),
+                (b + "router.per_expert_scale", (E,)),
+                (b + "router.proj.weight", (E, H)),
+                (b + "experts.gate_up_proj", (E, 2 * Ie, H)),
+                (b + "experts.down_proj", (E, H, Ie)),
+                (b + "post_feedforward_layernorm_1.weight", (H,)),
+                (b + "post_feedforward_layernorm_2.weight", (H,)),
+                (b + "pre_feedforward_layernorm_2.weight", (H,)),
+            ]
+    out.append((p + "norm.weight", (H,)))
+    if P:
+        out += [
+            (p + "embed_tokens_per_layer.weight", (tc["vocab_size_per_layer_input"], L * P)),
+            (p + "per_layer_model_projection.weight", (L * P, H)),
+            (p + "per_layer_projection_norm.weight", (P,)),
+        ]
+    return out
+
+
+def _clippable(prefix: str, out_f: int, in_f: int, clipped: bool) -> list[tuple[str, tuple[int, ...]]]:
+    bounds = [(f"{prefix}.{b}", ()) for b in ("input_min", "input_max", "output_min", "output_max")] if clipped else []
+    return [*bounds, (f"{prefix}.linear.weight", (out_f, in_f))]
+
+
+def vision_tensors(vc: dict, text_hidden: int) -> list[tuple[str, tuple[int, ...]]]:
+    Hv, hd, ff, clip = vc["hidden_size"], vc["head_dim"], vc["intermediate_size"], vc["use_clipped_linears"]
+    p = "model.vision_tower."
+    out = [
+        (p + "patch_embedder.position_embedding_table", (2, vc["position_embedding_size"], Hv)),
+        (p + "patch_embedder.input_proj.weight", (Hv, 3 * vc["patch_size"] ** 2)),
+    ]
+    for i in range(vc["num_hidden_layers"]):
+        b = f"{p}encoder.layers.{i}."
+        for n in ("q_proj", "k_proj", "v_proj"):
+            out += _clippable(b + "self_attn." + n, vc["num_attention_heads"] * hd, Hv, clip)
+        out += _clippable(b + "self_attn.o_proj", Hv, vc["num_attention_heads"] * hd, clip)
+        out += [(b + "self_attn.q_norm.weight", (hd,)), (b + "self_attn.k_norm.weight", (hd,))]
+        out += _clippable(b + "mlp.gate_proj", ff, Hv, clip) + _clippable(b + "mlp.up_proj", ff, Hv, clip)
+        out += _clippable(b + "mlp.down_proj", Hv, ff, clip)
+        out += [(b + n + ".weight", (Hv,)) for n in BLOCK_NORMS]
+    if vc["standardize"]:
+        out += [(p + "std_bias", (Hv,)), (p + "std_scale", (Hv,))]
+    out.append(("model.embed_vision.embedding_projection.weight", (text_hidden, Hv)))
+    return out
+
+
+def audio_tensors(ac: dict, text_hidden: int) -> list[tuple[str, tuple[int, ...]]]:
+    Ha, c0, c1 = ac["hidden_size"], *ac["subsampling_conv_channels"]
+    hd = Ha // ac["num_attention_heads"]
+    p = "model.audio_tower."
+    s = p + "subsample_conv_projection."
+    out = [
+        (s + "layer0.conv.weight", (c0, 1, 3, 3)),
+        (s + "layer0.norm.weight", (c0,)),
+        (s + "layer1.conv.weight", (c1, c0, 3, 3)),
+        (s + "layer1.norm.weight", (c1,)),
+        (s + "input_proj_linear.weight", (Ha, c1 * (128 // 4))),
+    ]
+    for i in range(ac["num_hidden_layers"]):
+        b = f"{p}layers.{i}."
+        for ffn in ("feed_forward1", "feed_forward2"):
+            out += _clippable(f"{b}{ffn}.ffw_layer_1", 4 * Ha, Ha, True) + _clippable(
+                f"{b}{ffn}.ffw_layer_2", Ha, 4 * Ha, True
+            )
+            out += [(f"{b}{ffn}.pre_layer_norm.weight", (Ha,)), (f"{b}{ffn}.post_layer_norm.weight", (Ha,))]
+        out.append((b + "self_attn.per_dim_scale", (hd,)))
+        for n in ("q_proj", "k_proj", "v_proj", "post"):
+            out += _clippable(b + "self_attn." + n, Ha, Ha, True)
+        out.append((b + "self_attn.relative_k_proj.weight", (Ha, Ha)))
+        out += _clippable(b + "lconv1d.linear_start", 2 * Ha, Ha, True) + _clippable(
+            b + "lconv1d.linear_end", Ha, Ha, True
+        )
+        out += [
+            (b + "lconv1d.depthwise_conv1d.weight", (Ha, 1, ac["conv_kernel_size"])),
+            (b + "lconv1d.pre_layer_norm.weight", (Ha,)),
+            (b + "lconv1d.conv_norm.weight", (Ha,)),
+            (b + "norm_pre_attn.weight", (Ha,)),
+            (b + "norm_post_attn.weight", (Ha,)),
+            (b + "norm_out.weight", (Ha,)),
+        ]
+    out += [
+        (p + "output_proj.weight", (ac["output_proj_dims"], Ha)),
+        (p + "output_proj.bias", (ac["output_proj_dims"],)),
+    ]
+    out.append(("model.embed_audio.embedding_projection.weight", (text_hidden, ac["output_proj_dims"])))
+    return out
+
+
+def all_tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+    tc = cfg["text_config"]
+    out = text_tensors(tc)
+    if cfg.get("vision_config"):
+        out += vision_tensors(cfg["vision_config"], tc["hidden_size"])
+    if cfg.get("audio_config"):
+        out += audio_tensors(cfg["audio_config"], tc["hidden_size"])
+    return out
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def init_params(name: str, shape: tuple[int, ...], tc: dict) -> tuple[str, float, float]:
+    """(distribution, a, b) for a tensor: ("normal", 0, std) or ("uniform", low, high)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in ("input_min", "output_min"):
+        return "uniform", -2.5, -1.5
+    if leaf in ("input_max", "output_max"):
+        return "uniform", 1.5, 2.5
+    if leaf == "layer_scalar":
+        return "uniform", 0.5, 1.0
+    if leaf == "per_expert_scale":
+        return "uniform", 0.5, 1.5
+    if name.endswith("router.proj.weight"):
+        return "normal", 0.0, 2.0
+    if name == "model.language_model.norm.weight":
+        return "uniform", 2.8, 3.2
+    if name.startswith("model.language_model.") and leaf == "weight" and ("q_norm" in name or "k_norm" in name):
+        s = shape[0] ** -0.25
+        return "uniform", 0.8 * s, 1.2 * s
+    if "norm" in name or leaf in ("scale", "std_scale"):
+        return "uniform", 0.8, 1.2
+    if leaf in ("bias", "std_bias", "per_dim_scale"):
+        return "normal", 0.0, 0.1
+    if name.endswith("embed_tokens.weight"):
+        return "normal", 0.0, shape[1] ** -0.5
+    if name.endswith("embed_tokens_per_layer.weight"):
+        return "normal", 0.0, max(tc["hidden_size_per_layer_input"], 1) ** -0.5
+    if name.endswith("position_embedding_table"):
+        return "normal", 0.0, 0.3
+    fan_in = math.prod(shape[1:]) if len(shape) >= 2 else 1
+    if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+        fan_in = shape[-1]
+    return "normal", 0.0, fan_in**-0.5
+
+
+_POOL_SIZE = 1 << 22
+
+
+def _values(name: str, shape: tuple[int, ...], tc: dict, seed: int, chunk: int) -> Iterator[np.ndarray]:
+    """float32 values for a tensor, ``chunk`` elements at a time, deterministic from (seed, name)."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    kind, a, b = init_params(name, shape, tc)
+    n = math.prod(shape)
+    pool = None
+    if n > 4 * _POOL_SIZE:  # huge tensors (benchmarks): slide over one random pool, much faster
+        base = (
+            rng.standard_normal(_POOL_SIZE, dtype=np.float32)
+            if kind == "normal"
+            else rng.random(_POOL_SIZE, dtype=np.float32)
+        )
+        pool = np.concatenate([base, base])
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        if pool is not None:
+            parts, left = [], m
+            while left:
+                k = min(left, _POOL_SIZE)
+                start = int(rng.integers(0, _POOL_SIZE))
+                parts.append(pool[start : start + k])
+                left -= k
+            x = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        else:
+            x = rng.standard_normal(m, dtype=np.float32) if kind == "normal" else rng.random(m, dtype=np.float32)
+        yield (x * b + a) if kind == "normal" else (a + (b - a) * x).astype(np.float32)
+        done += m
+
+
+def make_checkpoint(
+    out_dir: Path | str,
+    family: str = "e2b",
+    *,
+    seed: int = 0,
+    dtype: str = "F32",
+    legacy_config: bool = False,
+    kv_on_shared_layers: bool = False,
+    shard_bytes: int | None = None,
+    text: dict | None = None,
+    vision: bool = True,
+    audio: bool = True,
+    only: list[str] | None = None,
+) -> Path:
+    """Write a tiny (or, for ``e2b-real``, full-size) random Gemma 4 checkpoint to ``out_dir``.
+
+    ``legacy_config`` writes ``global_head_dim`` instead of transformers 5.23's
+    ``per_layer_config``; ``kv_on_shared_layers`` adds the unused K/V weights that original
+    checkpoints carry on KV-shared layers; ``shard_bytes`` splits the weights into shards with
+    an index; ``text`` overrides text_config fields; ``only`` keeps tensors whose names contain
+    one of the given substrings (benchmark slices).
+    """
+    family = ALIASES.get(family, family)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = make_config(family, legacy=legacy_config, dtype=dtype, text=text)
+    if not vision:
+        cfg["vision_config"] = None
+    if not audio:
+        cfg["audio_config"] = None
+    tc = cfg["text_config"]
+    tensors = all_tensors(cfg)
+    if kv_on_shared_layers and tc["num_kv_shared_layers"]:
+        full = {**tc, "num_kv_shared_layers": 0}
+        have = {n for n, _ in tensors}
+        tensors += [(n, s) for n, s in text_tensors(full) if n not in have]
+    if only:
+        tensors = [(n, s) for n, s in tensors if any(o in n for o in only)]
+
+    specs = [st.TensorSpec(n, dtype, tuple(s)) for n, s in tensors]
+    shards: list[list[st.TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if shard_bytes and shards[-1] and size + spec.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += spec.nbytes
+    chunk = st.CHUNK_BYTES // 4
+
+    def fill(spec: st.TensorSpec) -> Iterator[np.ndarray]:
+        for x in _values(spec.name, spec.shape, tc, seed, chunk):
+            yield st.convert_raw(x, "F32", dtype)
+
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for fname, shard in zip(names, shards):
+        st.write(out / fname, shard, fill, metadata={"format": "pt"})
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(s.nbytes for s in specs)},
+            "weight_map": {s.name: f for f, shard in zip(names, shards) for s in shard},
+        }
+        _write_json(out / "model.safetensors.index.json", index)
+
+    tokenizer, tok_config = tiny_tokenizer.build(tc["vocab_size"])
+    _write_json(out / "config.json", cfg)
+    _write_json(out / "tokenizer.json", tokenizer, compact=tc["vocab_size"] > 4096)
+    _write_json(out / "tokenizer_config.json", tok_config)
+    (out / "chat_template.jinja").write_text(tiny_tokenizer.CHAT_TEMPLATE, encoding="utf-8")
+    _write_json(
+        out / "generation_config.json",
+        {"bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0, "transformers_version": "5.23.0"},
+    )
+    if cfg.get("vision_config") or cfg.get("audio_config"):
+        _write_json(out / "processor_config.json", processor_config(cfg))
+    return out
+
+
+def processor_config(cfg: dict) -> dict:
+    """processor_config.json as the releases ship it (image mean/std 0/1: Gemma 4 scales itself)."""
+    vc = cfg.get("vision_config") or {}
+    out: dict = {
+        "image_processor": {
+            "do_normalize": False,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": [0.0, 0.0, 0.0],
+            "image_std": [1.0, 1.0, 1.0],
+            "image_processor_type": "Gemma4ImageProcessor",
+            "max_soft_tokens": 280,
+            "patch_size": vc.get("patch_size", 16),
+            "pooling_kernel_size": vc.get("pooling_kernel_size", 3),
+            "rescale_factor": 1 / 255,
+        },
+        "processor_class": "Gemma4Processor",
+    }
+    if cfg.get("audio_config"):
+        out["feature_extractor"] = {
+            "feature_extractor_type": "Gemma4AudioFeatureExtractor",
+            "feature_size": 128,
+            "sampling_rate": 16000,
+        }
+    return out
+
+
+def _write_json(path: Path, data: object, compact: bool = False) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(data, indent=None if compact else 2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

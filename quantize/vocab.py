@@ -1,0 +1,152 @@
+"""Tokenizer files -> the GGUF tokenizer keys (Gemma 4: BPE with byte fallback and merges).
+
+Reads ``tokenizer.json`` directly (no transformers at run time) plus ``tokenizer_config.json``,
+``chat_template.jinja`` and ``config.json`` for special ids. Everything here is untrusted input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import TokenType
+
+from g4cli.errors import CheckpointError
+from quantize.checkpoint import read_json
+
+# Rendered as text by llama.cpp so the chat parser can read them, though HF marks them special.
+VISIBLE_SPECIALS = frozenset(
+    {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>'}
+)
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+MAX_TOKENS = 1 << 21
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    merges: list[str]
+    special_ids: dict[str, int]  # bos / eos / unk / pad -> id
+    add_bos: bool
+    add_eos: bool
+    chat_template: str | None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def _token_text(value: object) -> str | None:
+    """tokenizer_config.json writes special tokens as a string or as {"content": ...}."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def load_vocab(root: Path, config: dict) -> Vocab:
+    tok = read_json(root / "tokenizer.json")
+    model = tok.get("model") if isinstance(tok, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        raise CheckpointError("tokenizer.json: expected a BPE tokenizer model (Gemma 4)")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        raise CheckpointError("tokenizer.json: model.vocab is missing or empty")
+    by_id: dict[int, str] = {}
+    for text, idx in vocab.items():
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < MAX_TOKENS:
+            raise CheckpointError(f"tokenizer.json: token {text!r} has invalid id {idx!r}")
+        by_id[idx] = text
+    special: set[int] = set()
+    user_defined: set[int] = set()
+    added = tok.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise CheckpointError("tokenizer.json: added_tokens must be a list")
+    for entry in added:
+        idx = entry.get("id") if isinstance(entry, dict) else None
+        text = entry.get("content") if isinstance(entry, dict) else None
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < MAX_TOKENS or not isinstance(text, str):
+            raise CheckpointError(f"tokenizer.json: malformed added token {entry!r}")
+        by_id[idx] = text
+        (special if entry.get("special") else user_defined).add(idx)
+    n = max(by_id) + 1
+    gaps = [i for i in range(n) if i not in by_id]
+    if gaps:
+        raise CheckpointError(f"tokenizer.json: token ids have gaps (first missing id {gaps[0]})")
+
+    tokens, types = [], []
+    for i in range(n):
+        text = by_id[i]
+        tokens.append(text)
+        if text in VISIBLE_SPECIALS:
+            types.append(TokenType.USER_DEFINED)
+        elif i in special:
+            types.append(TokenType.CONTROL)
+        elif i in user_defined:
+            types.append(TokenType.USER_DEFINED)
+        elif BYTE_TOKEN.fullmatch(text):
+            types.append(TokenType.BYTE)
+        else:
+            types.append(TokenType.NORMAL)
+
+    raw_merges = model.get("merges") or []
+    if not isinstance(raw_merges, list) or not raw_merges:
+        raise CheckpointError("tokenizer.json: BPE merges are missing (llama.cpp requires them)")
+    merges = []
+    for m in raw_merges:
+        if isinstance(m, str) and " " in m[1:]:
+            merges.append(m)
+        elif isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) for p in m):
+            merges.append(f"{m[0]} {m[1]}")
+        else:
+            raise CheckpointError(f"tokenizer.json: malformed merge {m!r}")
+
+    tc_path = root / "tokenizer_config.json"
+    tcfg = read_json(tc_path) if tc_path.exists() else {}
+    if not isinstance(tcfg, dict):
+        raise CheckpointError("tokenizer_config.json: not a JSON object")
+    ids = {text: i for i, text in enumerate(tokens)}
+    text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    special_ids: dict[str, int] = {}
+    for role, default in (("bos", "<bos>"), ("eos", "<eos>"), ("unk", "<unk>"), ("pad", "<pad>")):
+        text = _token_text(tcfg.get(f"{role}_token")) or default
+        if text in ids:
+            special_ids[role] = ids[text]
+        else:
+            cfg_id = text_cfg.get(f"{role}_token_id")
+            cfg_id = cfg_id[0] if isinstance(cfg_id, list) and cfg_id else cfg_id
+            if isinstance(cfg_id, int) and not isinstance(cfg_id, bool) and 0 <= cfg_id < n:
+                special_ids[role] = cfg_id
+    if "bos" not in special_ids or "eos" not in special_ids:
+        raise CheckpointError("tokenizer: cannot find the <bos> and <eos> tokens")
+
+    return Vocab(
+        tokens=tokens,
+        scores=[-1000.0] * n,
+        types=[int(t) for t in types],
+        merges=merges,
+        special_ids=special_ids,
+        add_bos=True,  # llama.cpp forces it for Gemma 4 anyway
+        add_eos=bool(tcfg.get("add_eos_token", False)),
+        chat_template=load_chat_template(root, tcfg),
+    )
+
+
+def load_chat_template(root: Path, tcfg: dict) -> str | None:
+    """``chat_template.jinja`` (current releases) or tokenizer_config.json's ``chat_template``."""
+    path = root / "chat_template.jinja"
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"chat_template.jinja: cannot read ({e})") from e
+    tmpl = tcfg.get("chat_template")
+    if isinstance(tmpl, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in tmpl if isinstance(t, dict)}
+        tmpl = named.get("default") or next(iter(named.values()), None)
+    if tmpl is not None and not isinstance(tmpl, str):
+        raise CheckpointError("tokenizer_config.json: chat_template must be a string")
+    return tmpl

@@ -1,0 +1,121 @@
+"""Shared fixtures: hermetic homes, tiny Gemma 4 checkpoints, converted GGUFs, the g4 CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ["e2b", "e4b", "26b-a4b", "31b"]
+
+
+@pytest.fixture(autouse=True)
+def hermetic_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own G4 home, HF cache and XDG dirs; nothing touches the network."""
+    home = tmp_path_factory.mktemp("home")
+    for var, sub in (
+        ("G4_HOME", "g4"),
+        ("HF_HOME", "hf"),
+        ("XDG_DATA_HOME", "xdg-data"),
+        ("XDG_CONFIG_HOME", "xdg-config"),
+        ("XDG_STATE_HOME", "xdg-state"),
+        ("XDG_CACHE_HOME", "xdg-cache"),
+    ):
+        monkeypatch.setenv(var, str(home / sub))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny(family, **options)`` -> a cached tiny checkpoint directory (built once per session)."""
+    from quantize.tiny import make_checkpoint
+
+    cache: dict[tuple, Path] = {}
+
+    def build(family: str = "e2b", **options: object) -> Path:
+        key = (family, tuple(sorted(options.items(), key=lambda kv: kv[0])))
+        if key not in cache:
+            d = tmp_path_factory.mktemp(f"ckpt-{family}")
+            make_checkpoint(d, family, **options)
+            cache[key] = d
+        return cache[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def gguf(tiny: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``gguf(family, quant)`` -> a cached GGUF converted from the tiny checkpoint."""
+    from quantize.converter import convert
+
+    cache: dict[tuple[str, str], Path] = {}
+
+    def build(family: str = "e2b", quant: str = "F32") -> Path:
+        if (family, quant) not in cache:
+            out = tmp_path_factory.mktemp(f"gguf-{family}") / f"{family}-{quant}.gguf"
+            convert(tiny(family), out, quant=quant)
+            cache[(family, quant)] = out
+        return cache[(family, quant)]
+
+    return build
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def g4_executable() -> list[str]:
+    exe = shutil.which("g4")
+    return [exe] if exe else [sys.executable, "-m", "g4cli.app"]
+
+
+@pytest.fixture
+def run_g4() -> Callable[..., Result]:
+    """Run the installed ``g4`` as a subprocess with the test's environment."""
+
+    def run(*args: object, input: bytes | None = None, env: dict | None = None, timeout: float = 300) -> Result:
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run(
+            [*g4_executable(), *map(str, args)],
+            input=input if input is not None else b"",
+            capture_output=True,
+            env=full_env,
+            timeout=timeout,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def stray_files(directory: Path) -> list[str]:
+    """Partial/temporary files left behind in a directory tree."""
+    return sorted(
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if p.name.endswith((".g4-partial", ".partial", ".incomplete", ".tmp")) or ".g4-partial" in p.name
+    )
