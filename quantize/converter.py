@@ -9,7 +9,8 @@ from pathlib import Path
 
 from gguf import GGUFValueType, Keys, LlamaFileType
 
-from quantize import gemma4
+from g4cli.errors import UsageError
+from quantize import gemma4, mmproj
 from quantize.checkpoint import Checkpoint, open_checkpoint
 from quantize.gguf_out import KV, PARTIAL_SUFFIX, write_gguf
 from quantize.llama_quant import DEFAULT_QUANT, FLOAT_TYPES, parse_type, quantize
@@ -86,27 +87,68 @@ def write_text_gguf(
     return len(plan.tensors), plan.dropped
 
 
+def mmproj_output(text_out: Path) -> Path:
+    """Where the projector goes: ``mmproj-<name>.gguf`` beside the text GGUF."""
+    return text_out.with_name(f"mmproj-{text_out.stem}.gguf")
+
+
+def write_mmproj(ckpt: Checkpoint, out: Path, outtype: str = "F16", on_progress: Progress | None = None) -> int:
+    """The vision/audio projector GGUF (arch clip); returns the tensor count."""
+    plan = mmproj.plan_mmproj(ckpt, outtype)
+    write_gguf(
+        out,
+        "clip",
+        mmproj.mmproj_kv(ckpt, outtype),
+        plan.tensors,
+        (lambda done, total: on_progress("projector", done, total)) if on_progress else None,
+    )
+    return len(plan.tensors)
+
+
 def convert(
     checkpoint: Path | str,
     out: Path | str | None = None,
     *,
     quant: str = DEFAULT_QUANT,
+    mmproj_type: str | None = "F16",
     threads: int | None = None,
     on_progress: Progress | None = None,
 ) -> ConvertResult:
-    """Convert a Gemma 4 checkpoint directory to a GGUF of type ``quant``.
+    """Convert a Gemma 4 checkpoint directory to a GGUF of type ``quant``, plus its projector.
 
     ``quant`` is a llama.cpp quantization type (default Q4_K_M) or F32/F16/BF16 for an
     unquantized file. Quantized outputs go through an unquantized intermediate in the source's
-    own dtype, deleted afterwards.
+    own dtype, deleted afterwards. When the checkpoint has vision/audio towers, the projector
+    is written beside the text file (``mmproj-<name>.gguf``, type ``mmproj_type``: F16, F32 or
+    Q8_0; None skips it).
     """
     quant = parse_type(quant)
+    mm_type = mmproj_type.upper() if mmproj_type else None
+    if mm_type is not None and mm_type not in mmproj.MMPROJ_TYPES:
+        raise UsageError(f"projector type {mmproj_type!r} is not one of f16, f32, q8_0")
     ckpt = open_checkpoint(checkpoint)
     out = Path(out) if out is not None else default_output(ckpt.root, quant)
     result = ConvertResult(text=out, quant=quant)
+    if mm_type is not None and mmproj.has_towers(ckpt.config):
+        gemma4.text_params(ckpt.config)  # a bad config fails before the projector is written
+        mm_out = mmproj_output(out)
+        write_mmproj(ckpt, mm_out, mm_type, on_progress)
+        result.mmproj = mm_out
+    try:
+        _convert_text(ckpt, out, quant, result, threads, on_progress)
+    except BaseException:
+        if result.mmproj is not None:
+            result.mmproj.unlink(missing_ok=True)  # nothing half-done is left behind
+        raise
+    return result
+
+
+def _convert_text(
+    ckpt: Checkpoint, out: Path, quant: str, result: ConvertResult, threads: int | None, on_progress: Progress | None
+) -> None:
     if quant in FLOAT_TYPES:
         result.n_tensors, result.dropped = write_text_gguf(ckpt, out, quant, on_progress)
-        return result
+        return
     source_type = ckpt.source_dtype if ckpt.source_dtype in FLOAT_TYPES else "F32"
     intermediate = out.with_name(f".{out.stem}.{os.getpid()}.{source_type}{PARTIAL_SUFFIX}")
     try:
@@ -120,4 +162,3 @@ def convert(
         )
     finally:
         intermediate.unlink(missing_ok=True)
-    return result

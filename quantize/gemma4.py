@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -347,15 +348,20 @@ def output_dtype(name: str, shape: tuple[int, ...], outtype: str) -> str:
     return outtype
 
 
+BYTES_PER_BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34)}  # (block, bytes)
+
+
 @dataclass
 class OutTensor:
-    """One tensor of the output GGUF: streamed from a source, or given as an array."""
+    """One tensor of the output GGUF: streamed from ``source``, or ``transform(source)`` loaded
+    whole when it is written (small tensors only), or given as ``data``."""
 
     name: str
     shape: tuple[int, ...]  # row-major (numpy) order
-    dtype: str  # F32 / F16 / BF16
+    dtype: str  # F32 / F16 / BF16 / Q8_0
     source: TensorRef | None = None
     data: np.ndarray | None = None
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def n_elements(self) -> int:
@@ -363,7 +369,8 @@ class OutTensor:
 
     @property
     def nbytes(self) -> int:
-        return self.n_elements * (4 if self.dtype == "F32" else 2)
+        block, size = BYTES_PER_BLOCK[self.dtype]
+        return self.n_elements // block * size
 
 
 @dataclass

@@ -12,10 +12,15 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from g4cli.errors import OutputError, describe_os_error
-from quantize.safetensors_io import convert_raw, iter_raw
+from quantize.safetensors_io import convert_raw, iter_raw, load
 
 ALIGNMENT = 32  # GGUF default
-GGML_TYPES = {"F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16, "BF16": GGMLQuantizationType.BF16}
+GGML_TYPES = {
+    "F32": GGMLQuantizationType.F32,
+    "F16": GGMLQuantizationType.F16,
+    "BF16": GGMLQuantizationType.BF16,
+    "Q8_0": GGMLQuantizationType.Q8_0,
+}
 Progress = Callable[[int, int], None]
 KV = tuple[str, object, GGUFValueType, GGUFValueType | None]
 
@@ -48,13 +53,26 @@ def atomic_output(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _encode(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """A whole float32 array in the output type (Q8_0 through gguf's reference quantizer)."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if dtype == "Q8_0":
+        from gguf.quants import quantize
+
+        return quantize(arr, GGMLQuantizationType.Q8_0)
+    return convert_raw(arr.reshape(-1), "F32", dtype)
+
+
 def _tensor_bytes(t) -> Iterator[memoryview]:
     """The output bytes of one planned tensor, a chunk at a time."""
-    if t.data is not None:
-        arr = np.ascontiguousarray(t.data, dtype=np.float32)
-        if t.dtype != "F32":
-            arr = convert_raw(arr.reshape(-1), "F32", t.dtype)
-        yield memoryview(arr).cast("B")
+    if t.data is not None or t.transform is not None:
+        arr = t.data if t.data is not None else t.transform(load(t.source))
+        if tuple(arr.shape) != tuple(t.shape) and arr.size != t.n_elements:
+            raise OutputError(f"{t.name}: transform produced shape {list(arr.shape)}, planned {list(t.shape)}")
+        yield memoryview(np.ascontiguousarray(_encode(arr, t.dtype))).cast("B")
+        return
+    if t.dtype == "Q8_0":
+        yield memoryview(np.ascontiguousarray(_encode(load(t.source).reshape(t.shape), "Q8_0"))).cast("B")
         return
     for chunk in iter_raw(t.source, n_elements=t.n_elements):
         yield memoryview(np.ascontiguousarray(convert_raw(chunk, t.source.dtype, t.dtype))).cast("B")
@@ -104,7 +122,7 @@ def write_gguf(path: Path, arch: str, kv: list[KV], tensors: list, on_progress: 
             for t in tensors:
                 pos = f.tell()
                 f.write(b"\0" * (-pos % ALIGNMENT))
-                if t.data is None and t.source.dtype == t.dtype:
+                if t.data is None and t.transform is None and t.source.dtype == t.dtype:
                     # same type: let the kernel copy the bytes (as fast as `cp`, no user-space buffer)
                     done += _copy_range(t.source, t.nbytes, f, lambda n: on_progress and on_progress(n, total), done)
                     continue

@@ -107,3 +107,99 @@ def drop_rule(hf_name: str) -> str | None:
         if re.search(pattern, hf_name):
             return rule
     return None
+
+
+# --- the multimodal projector (mmproj, arch "clip"): vision tower "gemma4v", audio "gemma4a" ---
+# Module paths under the tower; a module's own tensors keep their suffix (``.weight``, ``.bias``,
+# and the clipped-linear bounds ``.input_min/.input_max/.output_min/.output_max``), except that a
+# clipped linear's ``.linear.weight`` becomes ``.weight``.
+VISION_TENSORS: list[tuple[str, str, str]] = [
+    ("model.vision_tower.patch_embedder.input_proj", "v.patch_embd", "reshaped to a conv kernel [H, 3, p, p]"),
+    ("model.vision_tower.encoder.layers.{bid}.input_layernorm", "v.blk.{bid}.ln1", ""),
+    ("model.vision_tower.encoder.layers.{bid}.post_attention_layernorm", "v.blk.{bid}.attn_post_norm", ""),
+    ("model.vision_tower.encoder.layers.{bid}.pre_feedforward_layernorm", "v.blk.{bid}.ln2", ""),
+    ("model.vision_tower.encoder.layers.{bid}.post_feedforward_layernorm", "v.blk.{bid}.ffn_post_norm", ""),
+    ("model.vision_tower.encoder.layers.{bid}.self_attn.q_proj", "v.blk.{bid}.attn_q", "clipped linear"),
+    ("model.vision_tower.encoder.layers.{bid}.self_attn.k_proj", "v.blk.{bid}.attn_k", "clipped linear"),
+    ("model.vision_tower.encoder.layers.{bid}.self_attn.v_proj", "v.blk.{bid}.attn_v", "clipped linear"),
+    ("model.vision_tower.encoder.layers.{bid}.self_attn.o_proj", "v.blk.{bid}.attn_out", "clipped linear"),
+    ("model.vision_tower.encoder.layers.{bid}.self_attn.q_norm", "v.blk.{bid}.attn_q_norm", ""),
+    ("model.vision_tower.encoder.layers.{bid}.self_attn.k_norm", "v.blk.{bid}.attn_k_norm", ""),
+    ("model.vision_tower.encoder.layers.{bid}.mlp.gate_proj", "v.blk.{bid}.ffn_gate", "clipped linear"),
+    ("model.vision_tower.encoder.layers.{bid}.mlp.up_proj", "v.blk.{bid}.ffn_up", "clipped linear"),
+    ("model.vision_tower.encoder.layers.{bid}.mlp.down_proj", "v.blk.{bid}.ffn_down", "clipped linear"),
+    ("model.embed_vision.embedding_projection", "mm.input_projection", "vision -> text width"),
+]
+AUDIO_TENSORS: list[tuple[str, str, str]] = [
+    ("model.audio_tower.subsample_conv_projection.layer{n}.conv", "a.conv1d.{n}", "2-D conv, F32"),
+    ("model.audio_tower.subsample_conv_projection.layer{n}.norm", "a.conv1d.{n}.norm", "LayerNorm without bias"),
+    ("model.audio_tower.subsample_conv_projection.input_proj_linear", "a.input_projection", "F32"),
+    ("model.audio_tower.layers.{bid}.feed_forward1.pre_layer_norm", "a.blk.{bid}.ffn_norm", ""),
+    ("model.audio_tower.layers.{bid}.feed_forward1.ffw_layer_1", "a.blk.{bid}.ffn_up", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.feed_forward1.ffw_layer_2", "a.blk.{bid}.ffn_down", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.feed_forward1.post_layer_norm", "a.blk.{bid}.ffn_post_norm", ""),
+    ("model.audio_tower.layers.{bid}.feed_forward2.pre_layer_norm", "a.blk.{bid}.ffn_norm_1", ""),
+    ("model.audio_tower.layers.{bid}.feed_forward2.ffw_layer_1", "a.blk.{bid}.ffn_up_1", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.feed_forward2.ffw_layer_2", "a.blk.{bid}.ffn_down_1", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.feed_forward2.post_layer_norm", "a.blk.{bid}.ffn_post_norm_1", ""),
+    ("model.audio_tower.layers.{bid}.norm_pre_attn", "a.blk.{bid}.attn_pre_norm", ""),
+    ("model.audio_tower.layers.{bid}.self_attn.q_proj", "a.blk.{bid}.attn_q", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.self_attn.k_proj", "a.blk.{bid}.attn_k", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.self_attn.v_proj", "a.blk.{bid}.attn_v", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.self_attn.post", "a.blk.{bid}.attn_out", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.self_attn.relative_k_proj", "a.blk.{bid}.attn_k_rel", ""),
+    ("model.audio_tower.layers.{bid}.norm_post_attn", "a.blk.{bid}.attn_post_norm", ""),
+    ("model.audio_tower.layers.{bid}.lconv1d.linear_start", "a.blk.{bid}.conv_pw1", "clipped linear"),
+    ("model.audio_tower.layers.{bid}.lconv1d.depthwise_conv1d", "a.blk.{bid}.conv_dw", "[H, 1, K] -> [H, K], F32"),
+    ("model.audio_tower.layers.{bid}.lconv1d.linear_end", "a.blk.{bid}.conv_pw2", "clipped linear"),
+    # the conv module's two norms are stored swapped; llama.cpp's clip.cpp swaps them back
+    ("model.audio_tower.layers.{bid}.lconv1d.pre_layer_norm", "a.blk.{bid}.conv_norm", "swapped"),
+    ("model.audio_tower.layers.{bid}.lconv1d.conv_norm", "a.blk.{bid}.norm_conv", "swapped"),
+    ("model.audio_tower.layers.{bid}.norm_out", "a.blk.{bid}.ln2", ""),
+    ("model.audio_tower.output_proj", "a.pre_encode.out", "with bias"),
+    ("model.embed_audio.embedding_projection", "mm.a.input_projection", "audio -> text width"),
+]
+# Bare parameters (no module, no suffix): exact names.
+TOWER_PARAMETERS: list[tuple[str, str, str]] = [
+    ("model.vision_tower.patch_embedder.position_embedding_table", "v.position_embd.weight", "[2, P, H], F32"),
+    ("model.vision_tower.std_bias", "v.std_bias", "standardize (26B/31B)"),
+    ("model.vision_tower.std_scale", "v.std_scale", "standardize (26B/31B)"),
+    ("model.audio_tower.layers.{bid}.self_attn.per_dim_scale", "a.blk.{bid}.per_dim_scale.weight", "softplus"),
+]
+MODULE_SUFFIXES = {
+    ".linear.weight": ".weight",
+    ".weight": ".weight",
+    ".bias": ".bias",
+    ".input_min": ".input_min",
+    ".input_max": ".input_max",
+    ".output_min": ".output_min",
+    ".output_max": ".output_max",
+}
+
+
+def _tower_regex(template: str, tail: str) -> re.Pattern[str]:
+    body = re.escape(template).replace(re.escape("{bid}"), r"(?P<bid>\d+)").replace(re.escape("{n}"), r"(?P<n>\d+)")
+    return re.compile("^" + body + tail + "$")
+
+
+@cache
+def _tower_patterns() -> list[tuple[re.Pattern[str], str, bool]]:
+    params = [(_tower_regex(hf, ""), gg, True) for hf, gg, _ in TOWER_PARAMETERS]
+    modules = [
+        (_tower_regex(hf, r"(?P<suffix>(\.[a-z_]+)+)"), gg, False) for hf, gg, _ in VISION_TENSORS + AUDIO_TENSORS
+    ]
+    return params + modules
+
+
+def tower_gguf_name(hf_name: str) -> str | None:
+    """HF name of a vision/audio tower tensor -> its mmproj GGUF name (None if unknown)."""
+    for pattern, target, bare in _tower_patterns():
+        m = pattern.match(hf_name)
+        if not m:
+            continue
+        groups = {k: v for k, v in m.groupdict().items() if v is not None and k != "suffix"}
+        if bare:
+            return target.format(**groups)
+        suffix = MODULE_SUFFIXES.get(m.group("suffix"))
+        return target.format(**groups) + suffix if suffix else None
+    return None

@@ -24,6 +24,7 @@ import numpy as np
 
 from quantize import safetensors_io as st
 from quantize import tiny_tokenizer
+from quantize.mmproj import BLOCK_NORMS, audio_tensors, vision_tensors
 
 S, F = "sliding_attention", "full_attention"
 
@@ -156,9 +157,9 @@ TEXT_DEFAULTS = dict(
 )
 VISION = {
     "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
-                  position_embedding_size=64, use_clipped_linears=True, standardize=False),
+                  position_embedding_size=10240, use_clipped_linears=True, standardize=False),
     "large": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
-                  position_embedding_size=64, use_clipped_linears=False, standardize=True),
+                  position_embedding_size=10240, use_clipped_linears=False, standardize=True),
     "e2b": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12, head_dim=64,
                 position_embedding_size=10240, use_clipped_linears=True, standardize=False),
 }  # fmt: skip
@@ -256,9 +257,6 @@ def make_config(family: str, *, legacy: bool = False, dtype: str = "F32", text: 
 # --- tensor names and shapes (as transformers 5.23 names its modules) ------------------------
 
 
-BLOCK_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
-
-
 def text_tensors(tc: dict) -> list[tuple[str, tuple[int, ...]]]:
     H, L, P = tc["hidden_size"], tc["num_hidden_layers"], tc["hidden_size_per_layer_input"]
     types = tc["layer_types"]
@@ -318,75 +316,6 @@ def text_tensors(tc: dict) -> list[tuple[str, tuple[int, ...]]]:
             (p + "per_layer_model_projection.weight", (L * P, H)),
             (p + "per_layer_projection_norm.weight", (P,)),
         ]
-    return out
-
-
-def _clippable(prefix: str, out_f: int, in_f: int, clipped: bool) -> list[tuple[str, tuple[int, ...]]]:
-    bounds = [(f"{prefix}.{b}", ()) for b in ("input_min", "input_max", "output_min", "output_max")] if clipped else []
-    return [*bounds, (f"{prefix}.linear.weight", (out_f, in_f))]
-
-
-def vision_tensors(vc: dict, text_hidden: int) -> list[tuple[str, tuple[int, ...]]]:
-    Hv, hd, ff, clip = vc["hidden_size"], vc["head_dim"], vc["intermediate_size"], vc["use_clipped_linears"]
-    p = "model.vision_tower."
-    out = [
-        (p + "patch_embedder.position_embedding_table", (2, vc["position_embedding_size"], Hv)),
-        (p + "patch_embedder.input_proj.weight", (Hv, 3 * vc["patch_size"] ** 2)),
-    ]
-    for i in range(vc["num_hidden_layers"]):
-        b = f"{p}encoder.layers.{i}."
-        for n in ("q_proj", "k_proj", "v_proj"):
-            out += _clippable(b + "self_attn." + n, vc["num_attention_heads"] * hd, Hv, clip)
-        out += _clippable(b + "self_attn.o_proj", Hv, vc["num_attention_heads"] * hd, clip)
-        out += [(b + "self_attn.q_norm.weight", (hd,)), (b + "self_attn.k_norm.weight", (hd,))]
-        out += _clippable(b + "mlp.gate_proj", ff, Hv, clip) + _clippable(b + "mlp.up_proj", ff, Hv, clip)
-        out += _clippable(b + "mlp.down_proj", Hv, ff, clip)
-        out += [(b + n + ".weight", (Hv,)) for n in BLOCK_NORMS]
-    if vc["standardize"]:
-        out += [(p + "std_bias", (Hv,)), (p + "std_scale", (Hv,))]
-    out.append(("model.embed_vision.embedding_projection.weight", (text_hidden, Hv)))
-    return out
-
-
-def audio_tensors(ac: dict, text_hidden: int) -> list[tuple[str, tuple[int, ...]]]:
-    Ha, c0, c1 = ac["hidden_size"], *ac["subsampling_conv_channels"]
-    hd = Ha // ac["num_attention_heads"]
-    p = "model.audio_tower."
-    s = p + "subsample_conv_projection."
-    out = [
-        (s + "layer0.conv.weight", (c0, 1, 3, 3)),
-        (s + "layer0.norm.weight", (c0,)),
-        (s + "layer1.conv.weight", (c1, c0, 3, 3)),
-        (s + "layer1.norm.weight", (c1,)),
-        (s + "input_proj_linear.weight", (Ha, c1 * (128 // 4))),
-    ]
-    for i in range(ac["num_hidden_layers"]):
-        b = f"{p}layers.{i}."
-        for ffn in ("feed_forward1", "feed_forward2"):
-            out += _clippable(f"{b}{ffn}.ffw_layer_1", 4 * Ha, Ha, True) + _clippable(
-                f"{b}{ffn}.ffw_layer_2", Ha, 4 * Ha, True
-            )
-            out += [(f"{b}{ffn}.pre_layer_norm.weight", (Ha,)), (f"{b}{ffn}.post_layer_norm.weight", (Ha,))]
-        out.append((b + "self_attn.per_dim_scale", (hd,)))
-        for n in ("q_proj", "k_proj", "v_proj", "post"):
-            out += _clippable(b + "self_attn." + n, Ha, Ha, True)
-        out.append((b + "self_attn.relative_k_proj.weight", (Ha, Ha)))
-        out += _clippable(b + "lconv1d.linear_start", 2 * Ha, Ha, True) + _clippable(
-            b + "lconv1d.linear_end", Ha, Ha, True
-        )
-        out += [
-            (b + "lconv1d.depthwise_conv1d.weight", (Ha, 1, ac["conv_kernel_size"])),
-            (b + "lconv1d.pre_layer_norm.weight", (Ha,)),
-            (b + "lconv1d.conv_norm.weight", (Ha,)),
-            (b + "norm_pre_attn.weight", (Ha,)),
-            (b + "norm_post_attn.weight", (Ha,)),
-            (b + "norm_out.weight", (Ha,)),
-        ]
-    out += [
-        (p + "output_proj.weight", (ac["output_proj_dims"], Ha)),
-        (p + "output_proj.bias", (ac["output_proj_dims"],)),
-    ]
-    out.append(("model.embed_audio.embedding_projection.weight", (text_hidden, ac["output_proj_dims"])))
     return out
 
 
@@ -482,6 +411,7 @@ def make_checkpoint(
     text: dict | None = None,
     vision: bool = True,
     audio: bool = True,
+    towers: str | None = None,
     only: list[str] | None = None,
 ) -> Path:
     """Write a tiny (or, for ``e2b-real``, full-size) random Gemma 4 checkpoint to ``out_dir``.
@@ -490,7 +420,8 @@ def make_checkpoint(
     ``per_layer_config``; ``kv_on_shared_layers`` adds the unused K/V weights that original
     checkpoints carry on KV-shared layers; ``shard_bytes`` splits the weights into shards with
     an index; ``text`` overrides text_config fields; ``only`` keeps tensors whose names contain
-    one of the given substrings (benchmark slices).
+    one of the given substrings (benchmark slices); ``towers="e2b"`` gives the vision and audio
+    towers the real E2B shapes (benchmarks).
     """
     family = ALIASES.get(family, family)
     if family not in FAMILIES:
@@ -498,6 +429,8 @@ def make_checkpoint(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = make_config(family, legacy=legacy_config, dtype=dtype, text=text)
+    if towers:
+        cfg["vision_config"], cfg["audio_config"] = _vision_config(towers), _audio_config(towers)
     if not vision:
         cfg["vision_config"] = None
     if not audio:

@@ -55,7 +55,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def gguf(tiny: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``gguf(family, quant)`` -> a cached GGUF converted from the tiny checkpoint."""
+    """``gguf(family, quant)`` -> a cached GGUF converted from the tiny checkpoint.
+
+    Its projector sits beside it as ``mmproj-<family>-<quant>.gguf`` (F32 for F32 files, else F16).
+    """
     from quantize.converter import convert
 
     cache: dict[tuple[str, str], Path] = {}
@@ -63,7 +66,7 @@ def gguf(tiny: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) ->
     def build(family: str = "e2b", quant: str = "F32") -> Path:
         if (family, quant) not in cache:
             out = tmp_path_factory.mktemp(f"gguf-{family}") / f"{family}-{quant}.gguf"
-            convert(tiny(family), out, quant=quant)
+            convert(tiny(family), out, quant=quant, mmproj_type="F32" if quant == "F32" else "F16")
             cache[(family, quant)] = out
         return cache[(family, quant)]
 
@@ -119,3 +122,16 @@ def stray_files(directory: Path) -> list[str]:
         for p in directory.rglob("*")
         if p.name.endswith((".g4-partial", ".partial", ".incomplete", ".tmp")) or ".g4-partial" in p.name
     )
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Images and audio made by real encoders (see media_files.py), built once."""
+    import media_files as mf
+
+    d = tmp_path_factory.mktemp("media")
+    files: dict[str, Path] = {"photo": mf.photo(d / "photo.jpg"), "alpha": mf.png_with_alpha(d / "alpha.png")}
+    files.update(mf.small_images(d))
+    files.update(mf.audio_set(d))
+    files["long"], _ = mf.long_clip(d, files["speech"])
+    return files

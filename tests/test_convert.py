@@ -277,7 +277,7 @@ def test_cli_writes_atomically_and_prints_only_the_path(tiny, tmp_path: Path, ru
     out = tmp_path / "e2b.gguf"
     r = run_g4("convert", tiny("e2b"), "-o", out, "-q", "q8_0")
     assert r.returncode == 0, r.err
-    assert r.out == f"{out}\n"
+    assert r.out == f"{out}\n{tmp_path / 'mmproj-e2b.gguf'}\n"
     assert b"\x1b" not in r.stdout
     assert out.is_file() and stray_files(tmp_path) == []
     assert any("Q8_0" in line for line in r.err_lines)

@@ -19,13 +19,18 @@ def convert(
         typer.Option("--output", "-o", help="Output GGUF path. Default: ./<dir>-<QUANT>.gguf"),
     ] = None,
     quant: QuantOpt = "q4_k_m",
+    mmproj: Annotated[
+        str,
+        typer.Option("--mmproj", help="Projector (vision/audio towers) type: f16, f32, q8_0, or none."),
+    ] = "f16",
     threads: ThreadsOpt = None,
 ) -> None:
     """Convert a Gemma 4 checkpoint to GGUF and quantize it with llama.cpp.
 
     Reads config.json, the *.safetensors shards and the tokenizer; writes a text GGUF that
-    llama.cpp loads (per-layer embeddings, KV sharing, experts and K=V layers intact). The
-    path of each file written is printed on stdout; progress goes to stderr.
+    llama.cpp loads (per-layer embeddings, KV sharing, experts and K=V layers intact) and,
+    when the checkpoint has vision/audio towers, the projector beside it (mmproj-<name>.gguf).
+    The path of each file written is printed on stdout; progress goes to stderr.
 
     Examples:
 
@@ -42,7 +47,16 @@ def convert(
     qtype = parse_type(quant)
     progress = ByteProgress()
     with progress.running():
-        result = run_convert(checkpoint, output, quant=qtype, threads=threads, on_progress=progress.update)
+        result = run_convert(
+            checkpoint,
+            output,
+            quant=qtype,
+            mmproj_type=None if mmproj.lower() == "none" else mmproj,
+            threads=threads,
+            on_progress=progress.update,
+        )
     size = result.text.stat().st_size
     info(f"wrote {result.text} ({qtype}, {human_bytes(size)}, {result.n_tensors} tensors)")
-    answer(f"{result.text}\n")
+    if result.mmproj is not None:
+        info(f"wrote {result.mmproj} (projector, {human_bytes(result.mmproj.stat().st_size)})")
+    answer(f"{result.text}\n" + (f"{result.mmproj}\n" if result.mmproj else ""))
