@@ -98,3 +98,53 @@ def to_template_messages(turns: list[Turn]) -> list[dict[str, Any]]:
             parts.append({"type": "text", "text": text})
         out.append({"role": t.role, "content": parts})
     return out
+
+
+THOUGHT_LABEL = "thought\n"  # opens Gemma 4's thinking channel: <|channel>thought\n ... <channel|>
+
+
+class ChannelSplitter:
+    """Turns generated pieces into answer and thinking events.
+
+    Feed it each token as ``(control, data)``: ``control`` is "open" for ``<|channel>``, "close"
+    for ``<channel|>``, else None with the token's bytes in ``data`` (UTF-8 may split across
+    tokens). The "thought" label after ``<|channel>`` is dropped.
+    """
+
+    def __init__(self) -> None:
+        import codecs
+
+        self.mode: Literal["text", "thought"] = "text"
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._label: str | None = None  # text held back while it may still be the label
+
+    def feed(self, control: str | None, data: bytes = b"") -> list[Event]:
+        out: list[Event] = []
+        if control == "open":
+            out += self._flush()
+            self.mode, self._label = "thought", ""
+            return out
+        if control == "close":
+            out += self._flush()
+            self.mode = "text"
+            return out
+        text = self._decoder.decode(data)
+        if self._label is not None:
+            self._label += text
+            if len(self._label) < len(THOUGHT_LABEL) and THOUGHT_LABEL.startswith(self._label):
+                return out
+            text, self._label = self._label.removeprefix(THOUGHT_LABEL), None
+        if text:
+            out.append(Event(self.mode, text))
+        return out
+
+    def _flush(self) -> list[Event]:
+        if self._label is not None:  # the channel ended while its label was still pending
+            text = "" if THOUGHT_LABEL.startswith(self._label) else self._label
+            self._label = None
+        else:
+            text = self._decoder.decode(b"", final=True)
+        return [Event(self.mode, text)] if text else []
+
+    def finish(self) -> list[Event]:
+        return self._flush()

@@ -10,7 +10,6 @@ audio-only projector.
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import os
 import time
@@ -23,7 +22,7 @@ import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
 from g4cli import chat_template
-from g4cli.conversation import PLACEHOLDERS, Event, Sampling, Stats, Turn, to_template_messages
+from g4cli.conversation import PLACEHOLDERS, ChannelSplitter, Event, Sampling, Stats, Turn, to_template_messages
 from g4cli.errors import CapabilityError, RuntimeFailure
 from g4cli.media import Media
 
@@ -31,7 +30,6 @@ DEFAULT_CTX = 8192
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when fitting a long conversation
 MARKER = "<__media__>"  # mtmd's media marker
 _CONTROL_TEXT = {"<|channel>": "open", "<channel|>": "close"}
-THOUGHT_LABEL = "thought\n"
 
 
 @dataclass(frozen=True)
@@ -420,9 +418,7 @@ class Model:
         stats.prompt_tokens, stats.prompt_eval_tokens = self.eval_prompt(prompt, [m for t in turns for m in t.media])
         stats.prompt_s = time.perf_counter() - t0
         chain = self._sampler(s)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        mode = "text"
-        label = None  # the "thought\n" label that opens the thinking channel is not shown
+        splitter = ChannelSplitter()
         finish = "stop"
         t_first = None
         try:
@@ -439,27 +435,12 @@ class Model:
                 if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
                     break
                 control = self._control.get(tok)
-                if control == "open":
-                    mode, label = "thought", ""
-                elif control == "close":
-                    mode, label = "text", None
-                else:
-                    text = decoder.decode(self._piece_bytes(tok))
-                    if label is not None:  # just inside the channel: hold back a possible label
-                        label += text
-                        if len(label) < len(THOUGHT_LABEL) and THOUGHT_LABEL.startswith(label):
-                            text = ""
-                        else:
-                            text, label = label.removeprefix(THOUGHT_LABEL), None
-                    if text:
-                        yield Event(mode, text)
+                yield from splitter.feed(control, b"" if control else self._piece_bytes(tok))
                 if self.n_past >= self.n_ctx:
                     finish = "context"
                     break
                 self._decode_tokens([tok], logits_last=True)
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                yield Event(mode, tail)
+            yield from splitter.finish()
         finally:
             llama_cpp.llama_sampler_free(chain)
             if t_first is not None:

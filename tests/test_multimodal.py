@@ -98,3 +98,11 @@ def test_text_only_model_refuses_media(gguf, media_dir) -> None:
     with Model(gguf("31b", "Q8_0"), None, n_ctx=512) as model:
         with pytest.raises(CapabilityError, match="no projector file"):
             list(model.generate([Turn("user", "x", [media.load(media_dir["alpha"])])]))
+
+
+def test_thinking_is_off_by_default_and_on_by_request(e2b, media_dir) -> None:
+    turns = [Turn("system", "Be brief."), Turn("user", "Hi", [media.load(media_dir["alpha"])])]
+    off, on = e2b.render(turns), e2b.render(turns, think=True)
+    assert off.endswith("<|turn>model\n<|channel>thought\n<channel|>") and "<|think|>" not in off
+    assert on.endswith("<|turn>model\n") and on.startswith("<bos><|turn>system\n<|think|>\nBe brief.")
+    assert off.count("<__media__>") == on.count("<__media__>") == 1
