@@ -8,6 +8,10 @@ import sys
 import typer
 
 from g4cli.commands import convert as convert_cmd
+from g4cli.commands import list as list_cmd
+from g4cli.commands import pull as pull_cmd
+from g4cli.commands import rm as rm_cmd
+from g4cli.commands import show as show_cmd
 from g4cli.errors import G4Error
 
 app = typer.Typer(
@@ -15,6 +19,8 @@ app = typer.Typer(
     help=(
         "Run Google's Gemma 4 models locally: convert, quantize and chat.\n\n"
         "Examples:\n\n"
+        "  g4 pull e4b                              # google/gemma-4-E4B-it -> Q4_K_M\n\n"
+        "  g4 list\n\n"
         "  g4 convert ./gemma-4-E2B-it              # safetensors -> Q4_K_M GGUF\n\n"
         "  g4 convert ./gemma-4-E2B-it --quant q8_0 -o e2b.gguf"
     ),
@@ -25,6 +31,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+app.command("pull", no_args_is_help=True)(pull_cmd.pull)
+app.command("list")(list_cmd.list)
+app.command("show", no_args_is_help=True)(show_cmd.show)
+app.command("rm", no_args_is_help=True)(rm_cmd.rm)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
 
 

@@ -49,8 +49,24 @@ class ModelNotFound(G4Error):
     """A model name that is not pulled / a GGUF path that does not exist."""
 
 
+class ModelBusy(G4Error):
+    """A model another g4 process holds: being pulled, removed, or loaded by a chat."""
+
+
 class DownloadError(G4Error):
     """Anything that went wrong talking to the Hub."""
+
+
+class AuthError(DownloadError):
+    """401/403 from the Hub: a gated or private repo, a missing or insufficient token."""
+
+
+class IntegrityError(DownloadError):
+    """A downloaded file whose sha256 is not the one the Hub advertises (the bytes are deleted)."""
+
+
+class DiskSpaceError(G4Error):
+    """Not enough free disk space for a pull, found before downloading anything."""
 
 
 class MediaError(G4Error):

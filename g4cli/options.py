@@ -15,3 +15,11 @@ QuantOpt = Annotated[
     ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores).")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="e2b, e4b, 26b-a4b (26b), 31b with an optional :quant tag (e4b:q8_0); an org/repo id; a checkpoint dir.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]

@@ -100,8 +100,8 @@ class ByteProgress:
     def update(self, phase: str, done: int, total: int) -> None:
         if self._progress is None:
             return
-        if phase not in self._tasks:
-            self._tasks[phase] = self._progress.add_task(phase, total=total)
+        if phase not in self._tasks:  # starting at ``done``: a resumed download shows no false speed
+            self._tasks[phase] = self._progress.add_task(phase, total=total, completed=done)
         self._progress.update(self._tasks[phase], completed=done, total=total)
 
     @contextmanager

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import struct
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAMILIES, stray_files
+from conftest import FAMILIES, stray_files, tmpfs
 from gguf import GGUFReader
 
 from quantize import gemma4
@@ -244,22 +241,9 @@ def test_missing_directory_and_file_instead_of_directory(run_g4, tmp_path: Path)
     assert r.returncode == 1 and "not a directory" in r.err_lines[0]
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, options: str) -> Iterator[Path]:
-    """A real small or read-only file system (needs root, as on the CI machine)."""
-    path.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for this test: {proc.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.mark.parametrize("quant", ["f32", "q8_0"])
 def test_full_disk_is_one_line_and_leaves_nothing(tiny, tmp_path: Path, run_g4, quant: str) -> None:
-    with _tmpfs(tmp_path / "small", "size=2m") as small:
+    with tmpfs(tmp_path / "small", "size=2m") as small:
         r = run_g4("convert", tiny("e2b"), "-o", small / "m.gguf", "-q", quant)
         assert r.returncode == 1
         assert len(r.err_lines) == 1 and "no space left on device" in r.err_lines[0], r.err
@@ -267,7 +251,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(tiny, tmp_path: Path, run_g4, 
 
 
 def test_read_only_output_directory(tiny, tmp_path: Path, run_g4) -> None:
-    with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         r = run_g4("convert", tiny("e2b"), "-o", ro / "m.gguf", "-q", "f32")
         assert r.returncode == 1 and len(r.err_lines) == 1, r.err
         assert "not writable" in r.err_lines[0] or "read-only" in r.err_lines[0]

@@ -1,0 +1,133 @@
+"""The model names g4 knows, as data: alias -> official instruction-tuned Hugging Face repo.
+
+``parse(text)`` turns what a user types (``e4b``, ``26b:q8_0``, ``google/gemma-4-E4B-it``,
+``./gemma-4-E2B-it``) into a ``Ref``: a store name, a source (Hub repo or local directory) and an
+optional quantization tag. Unknown names fail with a suggestion. No heavy imports here: ``g4
+--help`` and name parsing stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from g4cli.errors import ModelNotFound, UsageError
+
+DEFAULT_CTX = 8192  # the default chat context (also what the fit estimate assumes)
+DEFAULT_QUANT = "Q4_K_M"  # as llama.cpp and the HF Ollama bridge
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    repo: str
+    aliases: tuple[str, ...]
+    capabilities: tuple[str, ...]  # of "vision", "audio", "experts" (MoE), "ple" (per-layer embeddings)
+    about: str
+
+
+#      name       repo                          aliases        capabilities                  about
+MODELS: tuple[Model, ...] = (
+    Model("e2b",     "google/gemma-4-E2B-it",     (),             ("vision", "audio", "ple"), "2B effective"),
+    Model("e4b",     "google/gemma-4-E4B-it",     (),             ("vision", "audio", "ple"), "4B effective"),
+    Model("26b-a4b", "google/gemma-4-26B-A4B-it", ("26b", "a4b"), ("vision", "experts"),      "MoE, 4B active"),
+    Model("31b",     "google/gemma-4-31B-it",     (),             ("vision",),                "dense 31B"),
+)  # fmt: skip
+
+# One path component of a store name: what Hugging Face allows in a repo id, minus "--" and
+# ".." (both reserved: "--" joins org and repo in directory names, ".." would leave the store).
+COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """What a user named: a store ``name`` plus where its weights come from."""
+
+    name: str  # "e4b", "org/repo" or a local directory's name
+    quant: str | None = None  # from a ":q8_0" tag, normalised ("Q8_0")
+    repo: str | None = None  # Hugging Face repo id
+    path: Path | None = None  # local checkpoint directory
+
+
+def lookup(name: str) -> Model | None:
+    """A catalog model by name, alias or repo id (case-insensitive)."""
+    key = name.strip().lower()
+    for m in MODELS:
+        if key in (m.name, *m.aliases, m.repo.lower()):
+            return m
+    return None
+
+
+def known_names() -> list[str]:
+    return [n for m in MODELS for n in (m.name, *m.aliases)]
+
+
+def suggest(name: str, candidates: list[str] | None = None) -> str | None:
+    """The closest known name (or repo id) to a mistyped one, if any is close."""
+    pool = candidates if candidates is not None else [*known_names(), *(m.repo for m in MODELS)]
+    lowered = {c.lower(): c for c in pool}
+    close = difflib.get_close_matches(name.strip().lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def check_name(name: str) -> str:
+    """A store name must stay inside the store: one or two safe components, nothing else."""
+    parts = name.split("/")
+    if len(parts) > 2 or not all(COMPONENT.match(p) and ".." not in p and "--" not in p for p in parts):
+        raise UsageError(
+            f"invalid model name {name!r}",
+            hint="use letters, digits, '.', '_' and '-' (an 'org/repo' id at most), no '..' or '--'",
+        )
+    return name
+
+
+def local_name(path: Path) -> str:
+    """A store name for a local checkpoint directory: its base name, made safe."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", path.resolve().name).strip("._-").lower()
+    base = re.sub(r"-{2,}", "-", base).replace("..", ".")
+    return base[:96] or "model"
+
+
+def split_tag(text: str) -> tuple[str, str | None]:
+    """``e4b:q8_0`` -> ("e4b", "Q8_0"); a tag that is not a quantization type is an error."""
+    if ":" not in text:
+        return text, None
+    base, tag = text.rsplit(":", 1)
+    from quantize.llama_quant import parse_type
+
+    return base, parse_type(tag)
+
+
+def _is_path(text: str) -> bool:
+    """Path-looking text, or an existing checkpoint directory (it wins over a same-named repo id)."""
+    explicit = text.startswith(("/", "./", "../", "~")) or text in (".", "..")
+    return explicit or (Path(text) / "config.json").is_file()
+
+
+def parse(text: str, *, name: str | None = None) -> Ref:
+    """Turn a model reference into a ``Ref`` (``name`` overrides the store name of a local dir)."""
+    text = text.strip()
+    if not text:
+        raise UsageError("empty model name", hint=f"try one of: {', '.join(m.name for m in MODELS)}")
+    if _is_path(text) and (":" not in text or Path(text).expanduser().is_dir()):
+        path = Path(text).expanduser()
+        return Ref(check_name(name) if name else local_name(path), path=path)
+    base, quant = split_tag(text)
+    if _is_path(base):
+        path = Path(base).expanduser()
+        return Ref(check_name(name) if name else local_name(path), quant=quant, path=path)
+    if name:
+        raise UsageError("--name applies to local checkpoint directories only")
+    model = lookup(base)
+    if model is not None:
+        return Ref(model.name, quant=quant, repo=model.repo)
+    if "/" in base:
+        return Ref(check_name(base), quant=quant, repo=base)
+    close = suggest(base)
+    raise ModelNotFound(
+        f"unknown model {base!r}: not one of {', '.join(known_names())}, an org/repo id or a directory",
+        hint=f"did you mean {close}?" if close else "g4 pull e4b",
+    )

@@ -1,0 +1,53 @@
+"""``g4 list``: the pulled models."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from g4cli.options import JsonOpt
+
+if TYPE_CHECKING:
+    from g4cli.store import ModelEntry
+
+
+def list(json: JsonOpt = False) -> None:
+    """List the pulled models: name, quantization, size, capabilities and path.
+
+    Examples:
+
+      g4 list
+
+      g4 list --json | jq '.[].path'
+    """
+    import json as jsonlib
+
+    from g4cli import catalog, store
+    from g4cli.render import answer, human_bytes, info
+
+    models = store.list_models()
+    if json:
+        answer(jsonlib.dumps([row(e) for e in models], indent=2) + "\n")
+        return
+    if not models:
+        known = ", ".join(f"{m.name} ({m.about})" for m in catalog.MODELS)
+        info(f"no models in {store.store_root()} yet; g4 pull one of: {known}")
+        return
+    table = [("NAME", "QUANT", "SIZE", "CAPABILITIES", "PATH")]
+    for e in models:
+        table.append((e.name, e.quant.lower(), human_bytes(e.size), " ".join(e.capabilities) or "-", str(e.gguf)))
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    answer("".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + f"  {r[4]}\n" for r in table))
+
+
+def row(e: ModelEntry) -> dict:
+    """One model as JSON (``g4 list --json``)."""
+    return {
+        "name": e.name,
+        "quant": e.quant,
+        "tag": e.tag,
+        "size": e.size,
+        "capabilities": e.capabilities,
+        "path": str(e.gguf),
+        "mmproj": str(e.mmproj) if e.mmproj else None,
+        "source": e.manifest.get("source", {}),
+    }

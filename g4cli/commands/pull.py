@@ -1,0 +1,69 @@
+"""``g4 pull``: a model name -> quantized GGUFs in g4's store (download, convert, quantize)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from g4cli.options import ModelArg, ThreadsOpt
+
+
+def pull(
+    model: ModelArg,
+    quant: Annotated[
+        str | None,
+        typer.Option("--quant", "-q", help="Quantization type (default: the :tag, else q4_k_m).", show_default=False),
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch, tag or commit on the Hub (default: main).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Go ahead even when the disk looks too small.")] = False,
+    keep_source: Annotated[
+        bool, typer.Option("--keep-source", help="Keep the unquantized GGUF beside the quantized one.")
+    ] = False,
+    remove_download: Annotated[
+        bool,
+        typer.Option("--remove-download", help="Delete the safetensors from the Hugging Face cache once converted."),
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Store name for a checkpoint directory (default: its name).")
+    ] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Download a Gemma 4 model from Hugging Face and quantize it into g4's store.
+
+    Before downloading, prints the download size, the disk space needed and the memory the
+    model needs at the default context, and refuses a disk that is too small (--force to try
+    anyway). Downloads go to the Hugging Face cache (HF_HOME, HF_HUB_CACHE; HF_TOKEN,
+    HF_ENDPOINT and HF_HUB_OFFLINE=1 are honoured), every weight file checked against the
+    Hub's sha256; an interrupted download continues where it stopped on the next g4 pull.
+    Models go to $G4_HOME (default ~/.local/share/g4). Prints the GGUF path on stdout; pulling
+    a model that is already there does nothing.
+
+    Examples:
+
+      g4 pull e4b                          # google/gemma-4-E4B-it -> Q4_K_M
+
+      g4 pull 26b:q8_0
+
+      g4 pull google/gemma-4-31B-it --revision main --remove-download
+
+      g4 pull ./my-finetune --name tuned -q q5_k_m
+    """
+    from g4cli.pull import pull as run_pull
+    from g4cli.render import answer, info
+
+    result = run_pull(
+        model,
+        quant=quant,
+        revision=revision,
+        force=force,
+        keep_source=keep_source,
+        remove_download=remove_download,
+        threads=threads,
+        name=name,
+    )
+    if result.already:
+        info(f"{result.entry.tag} is already pulled ({result.entry.dir})")
+    answer(f"{result.entry.gguf}\n")

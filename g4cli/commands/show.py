@@ -1,0 +1,73 @@
+"""``g4 show``: what a pulled model is, what it can do, and its files."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from g4cli.options import JsonOpt
+
+if TYPE_CHECKING:
+    from g4cli.store import ModelEntry
+
+
+def show(
+    name: Annotated[str, typer.Argument(help="A pulled model: e4b, e4b:q8_0, org/repo.")],
+    json: JsonOpt = False,
+) -> None:
+    """Show a pulled model: architecture, layers, context, PLE and experts, quant mix, files.
+
+    Examples:
+
+      g4 show e4b
+
+      g4 show 26b:q8_0 --json
+    """
+    import json as jsonlib
+
+    from g4cli import store
+    from g4cli.render import answer
+
+    e = store.resolve(name)
+    if json:
+        answer(jsonlib.dumps({**e.manifest, "tag": e.tag, "path": str(e.dir)}, indent=2) + "\n")
+        return
+    answer("".join(f"{k:<14}{v}\n" for k, v in lines(e)))
+
+
+def lines(e: ModelEntry) -> list[tuple[str, str]]:
+    """(label, text) rows of ``g4 show``."""
+    from g4cli.render import human_bytes as h
+
+    m = e.manifest
+    a, src, mem = m.get("architecture", {}), m.get("source", {}), m.get("memory", {})
+    rows = [("model", e.tag)]
+    if src.get("repo"):
+        rows.append(("source", f"{src['repo']} @ {src.get('commit', '')[:7]} ({src.get('revision', '')})"))
+    elif src.get("path"):
+        rows.append(("source", src["path"]))
+    if a:
+        kv, hd = a["kv_heads"], a["head_dim"]
+        layers = f"{a['sliding_layers']} sliding (window {a['sliding_window']}) + {a['full_layers']} full layers"
+        heads = f"{a['heads']} heads, KV heads {kv['sliding']}/{kv['full']}, head dim {hd['sliding']}/{hd['full']}"
+        rows += [
+            ("architecture", f"{a['arch']}, {a['layers']} layers, embedding {a['embedding']}, vocab {a['vocab']}"),
+            ("attention", f"{layers}; {heads} (sliding/full)"),
+            ("context", f"{a['context_length']} (g4 chat default {mem.get('ctx', '')})"),
+        ]
+        if a["kv_shared_layers"]:
+            rows.append(("kv sharing", f"the last {a['kv_shared_layers']} layers reuse earlier layers' KV cache"))
+        rows.append(("ple", f"{a['ple_dim']} per layer, table {h(mem.get('ple', 0))}" if a["ple_dim"] else "none"))
+        rows.append(("experts", f"{a['experts']}, {a['experts_used']} active per token" if a["experts"] else "none"))
+    rows.append(("capabilities", " ".join(e.capabilities) or "text"))
+    mix = m.get("quant_mix", {})
+    if mix:
+        parts = (f"{t}: {v['tensors']} tensor{'s' * (v['tensors'] > 1)}, {h(v['bytes'])}" for t, v in mix.items())
+        rows.append(("quant mix", "; ".join(parts)))
+    if mem:
+        rows.append(("memory", f"{h(mem['total'])} at {mem['ctx']} context (KV cache {h(mem['kv_cache'])})"))
+    for role, f in m.get("files", {}).items():
+        rows.append((f"file ({role})", f"{f['name']} {h(f['size'])} sha256 {f['sha256']}"))
+    rows.append(("path", str(e.dir)))
+    return rows

@@ -1,0 +1,273 @@
+"""Will it fit? Disk and memory a pull needs, from config.json and the download size alone.
+
+Computed before any weight is downloaded:
+
+- text weights: every text tensor's parameter count (from the config, as ``quantize.gemma4``
+  lays them out) times the bits per weight of the type llama.cpp's quantizer gives it (``MIX``:
+  measured on tiny checkpoints with llama-cpp-python 0.3.36; e.g. under Q4_K_M the token and
+  PLE embeddings go to Q6_K, ``ffn_down``/``attn_v`` of llama.cpp's "more bits" layers too);
+- projector: the checkpoint's parameters that are not text (vision/audio towers) at F16, the
+  vision position table at F32 (as ``quantize.mmproj`` writes them);
+- KV cache at the default chat context: per layer with its own cache (KV-shared layers add
+  none) ``cells x kv_heads x head_dim x 2 (K, V) x 2 bytes (F16)``, where cells is
+  ``min(sliding_window, ctx)`` on sliding layers and ``ctx`` on full-attention layers;
+- disk: what is left to download (HF cache) + the unquantized intermediate GGUF + the results
+  (g4's store), per file system, against ``shutil.disk_usage``; memory against MemAvailable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from g4cli.catalog import DEFAULT_CTX
+
+if TYPE_CHECKING:
+    from quantize.gemma4 import TextParams
+
+# bits per weight of each ggml type
+BITS = {
+    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K": 5.5, "Q5_0": 5.5,
+    "Q5_1": 6.0, "Q4_K": 4.5, "Q4_0": 4.5, "Q4_1": 5.0, "Q3_K": 3.4375, "Q2_K": 2.625,
+    "IQ4_NL": 4.5, "IQ4_XS": 4.25, "MXFP4": 4.25,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Mix:
+    """The types llama.cpp's quantizer picks per tensor role; "A/B": B on its "more bits" layers."""
+
+    default: str
+    attn_v: str
+    attn_output: str
+    ffn_down: str
+    embeddings: str  # token embeddings (tied output) and the PLE table
+    experts: str | None = None  # MoE expert tensors (26B-A4B), when not the default rules
+
+
+# measured with llama-cpp-python 0.3.36 on tiny Gemma 4 checkpoints (widths multiples of 256)
+MIX = {
+    "Q2_K": Mix("Q2_K", "Q4_K", "Q3_K", "Q3_K", "Q6_K"),
+    "Q3_K_S": Mix("Q3_K", "Q3_K", "Q3_K", "Q3_K", "Q6_K"),
+    "Q3_K_M": Mix("Q3_K", "Q4_K/Q5_K", "Q4_K", "Q4_K", "Q6_K"),
+    "Q3_K_L": Mix("Q3_K", "Q5_K", "Q5_K", "Q5_K", "Q6_K"),
+    "Q4_0": Mix("Q4_0", "Q4_0", "Q4_0", "Q4_0", "Q6_K"),
+    "Q4_1": Mix("Q4_1", "Q4_1", "Q4_1", "Q4_1", "Q6_K"),
+    "Q4_K_S": Mix("Q4_K", "Q5_K", "Q4_K", "Q4_K", "Q6_K"),
+    "Q4_K_M": Mix("Q4_K", "Q4_K/Q6_K", "Q4_K", "Q4_K/Q6_K", "Q6_K"),
+    "Q5_0": Mix("Q5_0", "Q5_0", "Q5_0", "Q5_0", "Q6_K"),
+    "Q5_1": Mix("Q5_1", "Q5_1", "Q5_1", "Q5_1", "Q6_K"),
+    "Q5_K_S": Mix("Q5_K", "Q5_K", "Q5_K", "Q5_K", "Q6_K"),
+    "Q5_K_M": Mix("Q5_K", "Q5_K/Q6_K", "Q5_K", "Q5_K/Q6_K", "Q6_K"),
+    "Q6_K": Mix("Q6_K", "Q6_K", "Q6_K", "Q6_K", "Q6_K"),
+    "Q8_0": Mix("Q8_0", "Q8_0", "Q8_0", "Q8_0", "Q8_0"),
+    "IQ4_NL": Mix("IQ4_NL", "Q5_K", "IQ4_NL", "IQ4_NL", "Q6_K"),
+    "IQ4_XS": Mix("IQ4_XS", "Q5_K", "IQ4_XS", "IQ4_XS", "Q6_K"),
+    "MXFP4_MOE": Mix("Q8_0", "Q8_0", "Q8_0", "Q8_0", "Q8_0", experts="MXFP4"),  # MoE (26B-A4B)
+}
+SOURCE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+SOURCE_TYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+VOCAB_METADATA = 40  # GGUF bytes per vocabulary entry (token text, score, type, merges), about
+
+
+def more_bits(i: int, n: int) -> bool:
+    """llama.cpp's ``use_more_bits``: the first and last eighth of the layers and every third between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _bits(spec: str, i: int, n: int) -> float:
+    base, _, more = spec.partition("/")
+    return BITS[more if more and more_bits(i, n) else base]
+
+
+@dataclass
+class Estimate:
+    quant: str
+    ctx: int
+    source: int  # all weight files of the checkpoint
+    download: int  # what is still to download (0 for a local checkpoint or a complete cache)
+    intermediate: int  # the unquantized text GGUF (0 when the target is a float type)
+    text: int  # the text GGUF g4 keeps
+    ple: int  # of which the per-layer embedding table (E2B/E4B)
+    projector: int  # vision/audio projector GGUF
+    kv_cache: int
+
+    @property
+    def memory(self) -> int:
+        return self.text + self.projector + self.kv_cache
+
+    @property
+    def store_disk(self) -> int:
+        """Peak use of g4's store while quantizing: intermediate and results side by side."""
+        return self.intermediate + self.text + self.projector
+
+
+def _text_roles(hp: TextParams) -> tuple[list[tuple[str, int, int]], int]:
+    """(role, parameters, layer or attn_v index) for every text tensor of a GGUF; the attn_v count."""
+    H, L = hp.n_embd, hp.n_layer
+    out = [("embeddings", hp.vocab_size * H, 0), ("float", H, 0)]  # token_embd, output_norm
+    if not hp.tied:
+        out.append(("embeddings", hp.vocab_size * H, 0))  # a separate output matrix is typed like it
+    if hp.ple_dim:  # PLE (E2B/E4B): the table, and the model projection llama.cpp leaves as it is
+        out += [("ple", hp.vocab_size_ple * L * hp.ple_dim, 0), ("source", L * hp.ple_dim * H, 0)]
+    n_v = sum(1 for il in range(L) if not hp.is_shared(il) and hp.has_v(il))
+    v = 0
+    for il in range(L):
+        hd, ff = hp.head_dim(il), hp.ff(il)
+        out += [("default", hp.n_head * hd * H, il), ("attn_output", H * hp.n_head * hd, il)]
+        if not hp.is_shared(il):  # KV-shared layers (E2B/E4B) have no K/V of their own
+            out.append(("attn_k", hp.n_head_kv(il) * hd * H, il))
+            if hp.has_v(il):  # K=V full layers (26B, 31B) have no V
+                out.append(("attn_v", hp.n_head_kv(il) * hd * H, v))
+                v += 1
+        out += [("default", 2 * ff * H, il), ("ffn_down", ff * H, il), ("float", 6 * H + 2 * hd, il)]
+        if hp.ple_dim:
+            out.append(("default", 2 * hp.ple_dim * H, il))
+        if hp.n_expert:  # MoE (26B-A4B)
+            E, Ie = hp.n_expert, hp.n_ff_expert
+            out += [("float", E * H + E + 4 * H, il), ("experts", E * 2 * Ie * H, il), ("experts_down", E * H * Ie, il)]
+    return out, n_v
+
+
+def text_size(hp: TextParams, quant: str, source_type: str) -> tuple[int, int, int]:
+    """(GGUF bytes, of which PLE table bytes, parameter count) of the text model at ``quant``."""
+    roles, n_v = _text_roles(hp)
+    L = hp.n_layer
+    total = ple = params = 0.0
+    mix = MIX.get(quant)
+    moe = hp.n_expert >= 8 and mix is not None and quant != "MXFP4_MOE"
+    for role, n, i in roles:
+        params += n
+        if role == "float":
+            bits = 32.0
+        elif mix is None:  # a float target: everything at that type
+            bits = BITS[quant]
+        elif role == "source":
+            bits = BITS[source_type]
+        elif role in ("embeddings", "ple"):
+            bits = BITS[mix.embeddings]
+        elif role in ("attn_k", "attn_v") and moe:  # llama.cpp: K/V at Q8_0 with >= 8 experts
+            bits = BITS["Q8_0"]
+        elif role == "attn_v":
+            bits = _bits(mix.attn_v, i, n_v)
+        elif role == "attn_output":
+            bits = max(_bits(mix.attn_output, i, L), BITS["Q5_K"] if moe else 0.0)
+        elif role in ("ffn_down", "experts_down"):
+            bits = BITS[mix.experts] if mix.experts and role == "experts_down" else _bits(mix.ffn_down, i, L)
+        elif role == "experts" and mix.experts:
+            bits = BITS[mix.experts]
+        else:
+            bits = BITS[mix.default]
+        total += n * bits / 8
+        if role == "ple":
+            ple += n * bits / 8
+    total += hp.vocab_size * VOCAB_METADATA
+    return int(total), int(ple), int(params)
+
+
+def kv_cache_bytes(hp: TextParams, ctx: int = DEFAULT_CTX) -> int:
+    """F16 K and V for every layer that keeps its own cache (KV-shared layers reuse another's)."""
+    total = 0
+    for il in range(hp.n_layer):
+        if hp.is_shared(il):
+            continue
+        # (llama.cpp keeps up to a batch more cells on sliding layers: a few MB on the real models)
+        cells = min(hp.sliding_window, ctx) if hp.is_swa[il] else ctx
+        total += cells * hp.n_head_kv(il) * hp.head_dim(il) * 2 * 2
+    return total
+
+
+def source_dtype(config: dict) -> str:
+    """The checkpoint's weight dtype as config.json states it (``dtype`` or ``torch_dtype``)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    for c in (config, text):
+        for key in ("dtype", "torch_dtype"):
+            if isinstance(c.get(key), str) and c[key] in SOURCE_BYTES:
+                return c[key]
+    return "bfloat16"  # every official Gemma 4 release
+
+
+def estimate(
+    config: dict,
+    *,
+    quant: str,
+    source_bytes: int,
+    download: int = 0,
+    ctx: int = DEFAULT_CTX,
+) -> Estimate:
+    """The estimate for converting a checkpoint of ``source_bytes`` weight bytes to ``quant``."""
+    from quantize.gemma4 import text_params
+    from quantize.llama_quant import FLOAT_TYPES
+
+    hp = text_params(config)
+    dtype = source_dtype(config)
+    src_type = SOURCE_TYPES[dtype]
+    text, ple, n_text = text_size(hp, quant, src_type)
+    intermediate = 0 if quant in FLOAT_TYPES else text_size(hp, src_type, src_type)[0]
+    n_projector = max(source_bytes // SOURCE_BYTES[dtype] - n_text, 0)
+    has_towers = bool(config.get("vision_config") or config.get("audio_config"))
+    vision = config.get("vision_config") or {}
+    position_table = 2 * int(vision.get("position_embedding_size", 10240)) * int(vision.get("hidden_size", 0))
+    return Estimate(
+        quant=quant,
+        ctx=ctx,
+        source=source_bytes,
+        download=download,
+        intermediate=intermediate,
+        text=text,
+        ple=ple,
+        projector=(n_projector + position_table) * 2 if has_towers else 0,  # F16; the position table F32
+        kv_cache=kv_cache_bytes(hp, ctx),
+    )
+
+
+@dataclass
+class DiskNeed:
+    path: Path  # the file system's mount point
+    need: int
+    free: int
+
+    @property
+    def short(self) -> bool:
+        return self.need > self.free
+
+
+def _mount(path: Path) -> Path:
+    """The mount point of the file system ``path`` is (or would be) on."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    dev = os.stat(path).st_dev
+    while path != path.parent and os.stat(path.parent).st_dev == dev:
+        path = path.parent
+    return path
+
+
+def disk_needs(est: Estimate, store: Path, cache: Path) -> list[DiskNeed]:
+    """What each file system must hold: the rest of the download (HF cache), the store's peak."""
+    needs: dict[int, DiskNeed] = {}
+    for where, amount in ((_mount(cache), est.download), (_mount(store), est.store_disk)):
+        dev = os.stat(where).st_dev
+        if dev in needs:
+            needs[dev].need += amount
+        else:
+            needs[dev] = DiskNeed(where, amount, shutil.disk_usage(where).free)
+    return list(needs.values())
+
+
+def mem_available() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages; None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
