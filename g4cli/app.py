@@ -7,7 +7,10 @@ import sys
 
 import typer
 
+from g4cli.commands import chat as chat_cmd
 from g4cli.commands import convert as convert_cmd
+from g4cli.commands import devices as devices_cmd
+from g4cli.commands import doctor as doctor_cmd
 from g4cli.commands import list as list_cmd
 from g4cli.commands import pull as pull_cmd
 from g4cli.commands import rm as rm_cmd
@@ -31,11 +34,14 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+app.command("chat")(chat_cmd.chat)
 app.command("pull", no_args_is_help=True)(pull_cmd.pull)
 app.command("list")(list_cmd.list)
 app.command("show", no_args_is_help=True)(show_cmd.show)
 app.command("rm", no_args_is_help=True)(rm_cmd.rm)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
+app.command("doctor")(doctor_cmd.doctor)
+app.command("devices")(devices_cmd.devices)
 
 
 @app.callback()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from g4cli.errors import RuntimeFailure
@@ -24,6 +24,17 @@ def _environment() -> Any:
     return env
 
 
+@lru_cache(maxsize=8)
+def compile_template(template: str) -> Any:
+    """The compiled template (cached: compiling a large template takes milliseconds)."""
+    from jinja2 import TemplateError
+
+    try:
+        return _environment().from_string(template)
+    except TemplateError as e:
+        raise RuntimeFailure(f"chat template cannot be compiled: {e}") from e
+
+
 def render(
     template: str,
     messages: list[dict[str, Any]],
@@ -38,7 +49,7 @@ def render(
     from jinja2 import TemplateError
 
     try:
-        compiled = _environment().from_string(template)
+        compiled = compile_template(template)
         return compiled.render(
             messages=messages,
             add_generation_prompt=add_generation_prompt,

@@ -17,16 +17,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import llama_cpp
+import llama_cpp  # before numpy: a numpy-first import crashed a CUDA build at model load
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
 from g4cli import chat_template
+from g4cli.catalog import DEFAULT_CTX  # shared with the fit estimate of g4 pull
 from g4cli.conversation import PLACEHOLDERS, ChannelSplitter, Event, Sampling, Stats, Turn, to_template_messages
 from g4cli.errors import CapabilityError, RuntimeFailure
 from g4cli.media import Media
 
-DEFAULT_CTX = 8192
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when fitting a long conversation
 MARKER = "<__media__>"  # mtmd's media marker
 _CONTROL_TEXT = {"<|channel>": "open", "<channel|>": "close"}
@@ -45,12 +45,24 @@ def projector_capabilities(mmproj: Path | None) -> set[str]:
     """What a projector file can encode, read from its header without loading it."""
     if mmproj is None:
         return set()
+    LOG.install(LOG.echo)
     caps = mtmd.mtmd_get_cap_from_file(os.fsencode(mmproj))
     return {name for name, ok in (("vision", caps.inp_vision), ("audio", caps.inp_audio)) if ok}
 
 
+def _trained_context(gguf: Path) -> int | None:
+    """``<arch>.context_length`` from a GGUF header (None if unreadable: the load will say why)."""
+    from g4cli.ggufmeta import read_values
+
+    try:
+        value = read_values(gguf, {"{arch}.context_length"}).get("{arch}.context_length")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
 class _Log:
-    """llama.cpp's log lines, kept instead of printed (echoed with --verbose, quoted on failure).
+    """llama.cpp's log lines, kept instead of printed (echoed with G4_LLAMA_LOG=1, quoted on failure).
 
     One instance for the process: llama.cpp keeps the callback pointer for good, so the ctypes
     callback must never be garbage-collected.
@@ -94,19 +106,20 @@ class Model:
         gguf: Path | str,
         mmproj: Path | str | None = None,
         *,
-        n_ctx: int = DEFAULT_CTX,
+        n_ctx: int | None = None,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         n_batch: int = 512,
-        verbose: bool = False,
     ) -> None:
         self.path = Path(gguf)
         self.mmproj = Path(mmproj) if mmproj else None
-        if n_ctx < 16:
+        if n_ctx is not None and n_ctx < 16:
             raise RuntimeFailure(f"context size {n_ctx} is too small")
-        self._log = LOG.install(verbose)
+        self._log = LOG.install(bool(os.environ.get("G4_LLAMA_LOG")))  # llama.cpp's own log, on request
         t0 = time.perf_counter()
         threads = n_threads or os.cpu_count() or 1
+        if n_ctx is None:  # the default, but never beyond what the model was trained for
+            n_ctx = min(DEFAULT_CTX, _trained_context(self.path) or DEFAULT_CTX)
         try:
             self.llm = llama_cpp.Llama(
                 str(self.path),
@@ -116,7 +129,7 @@ class Model:
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_gpu_layers=n_gpu_layers,
-                verbose=verbose,
+                verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as e:
             detail = self._log.last_error() or str(e)
@@ -131,13 +144,22 @@ class Model:
         self.capabilities: set[str] = set()
         if self.mmproj is not None:
             self._init_mtmd(threads, n_gpu_layers > 0)
-        self.load_s = time.perf_counter() - t0
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._units: list[int | MediaUnit] = []  # what the KV cache holds, in order
         self.n_past = 0
         self._control = {self._single_token(text): kind for text, kind in _CONTROL_TEXT.items()}
         self._control.pop(None, None)
         self._bos_text = self._piece(llama_cpp.llama_vocab_bos(self.vocab), special=True) or "<bos>"
+        self._warm_up()
+        self.load_s = time.perf_counter() - t0
+
+    def _warm_up(self) -> None:
+        """What llama.cpp's own CLI does at load: one decode (thread pool, compute graph) and the
+        chat template compiled, so that the first answer does not pay for them."""
+        if self.template:
+            chat_template.compile_template(self.template)
+        self._decode_tokens([llama_cpp.llama_vocab_bos(self.vocab)], logits_last=True)
+        self.reset()
 
     def _init_mtmd(self, threads: int, gpu: bool) -> None:
         params = mtmd.mtmd_context_params_default()
@@ -204,6 +226,13 @@ class Model:
         return "".join(out)
 
     # --- prompt -> units -----------------------------------------------------------------------
+
+    def require(self, capability: str) -> None:
+        """Refuse up front what the model cannot take ("vision" or "audio")."""
+        if capability not in self.capabilities:
+            what = "images" if capability == "vision" else "audio"
+            why = "it has no projector file" if self.mmproj is None else f"its projector has no {capability} encoder"
+            raise CapabilityError(f"{self.path.name} cannot take {what}: {why}")
 
     def check_media(self, media: list[Media]) -> None:
         """Refuse attachments the model cannot take, before any work."""
@@ -374,16 +403,19 @@ class Model:
         add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
-    def fit(self, turns: list[Turn], sampling: Sampling) -> tuple[list[Turn], int]:
-        """Drop the oldest turns (never the system prompt or the last one) until the prompt fits."""
+    def fit(self, turns: list[Turn], sampling: Sampling) -> tuple[list[Turn], int, str]:
+        """Drop the oldest turns (never the system prompt or the last one) until the prompt fits.
+
+        Returns the turns kept, how many were dropped, and the rendered prompt.
+        """
         reserve = min(sampling.max_tokens or ANSWER_RESERVE, ANSWER_RESERVE, self.n_ctx // 4)
         turns = list(turns)
         dropped = 0
         while True:
-            media = [m for t in turns for m in t.media]
-            n = self.count_tokens(self.render(turns, sampling.think), media)
+            prompt = self.render(turns, sampling.think)
+            n = self.count_tokens(prompt, [m for t in turns for m in t.media])
             if n + reserve <= self.n_ctx:
-                return turns, dropped
+                return turns, dropped, prompt
             first = 1 if turns and turns[0].role == "system" else 0
             if len(turns) - first <= 1:
                 raise RuntimeFailure(
@@ -410,11 +442,10 @@ class Model:
         media = [m for t in turns for m in t.media]
         self.check_media(media)
         stats = Stats(load_s=self.load_s)
-        turns, stats.dropped_turns = self.fit(turns, s)
+        t0 = time.perf_counter()
+        turns, stats.dropped_turns, prompt = self.fit(turns, s)
         if stats.dropped_turns:
             yield Event("notice", f"context full: dropped the {stats.dropped_turns} oldest turn(s)")
-        t0 = time.perf_counter()
-        prompt = self.render(turns, s.think)
         stats.prompt_tokens, stats.prompt_eval_tokens = self.eval_prompt(prompt, [m for t in turns for m in t.media])
         stats.prompt_s = time.perf_counter() - t0
         chain = self._sampler(s)

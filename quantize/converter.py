@@ -12,7 +12,7 @@ from gguf import GGUFValueType, Keys, LlamaFileType
 from g4cli.errors import UsageError
 from quantize import gemma4, mmproj
 from quantize.checkpoint import Checkpoint, open_checkpoint
-from quantize.gguf_out import KV, PARTIAL_SUFFIX, write_gguf
+from quantize.gguf_out import KV, PARTIAL_SUFFIX, partial_path, write_gguf
 from quantize.llama_quant import DEFAULT_QUANT, FLOAT_TYPES, parse_type, quantize
 from quantize.vocab import Vocab, load_vocab
 
@@ -129,17 +129,20 @@ def convert(
     ckpt = open_checkpoint(checkpoint)
     out = Path(out) if out is not None else default_output(ckpt.root, quant)
     result = ConvertResult(text=out, quant=quant)
+    mm_partial = None
     if mm_type is not None and mmproj.has_towers(ckpt.config):
         gemma4.text_params(ckpt.config)  # a bad config fails before the projector is written
-        mm_out = mmproj_output(out)
-        write_mmproj(ckpt, mm_out, mm_type, on_progress)
-        result.mmproj = mm_out
+        # written under a temporary name first: both files appear together, or neither does
+        mm_partial = partial_path(mmproj_output(out)).with_suffix(".mmproj" + PARTIAL_SUFFIX)
+        write_mmproj(ckpt, mm_partial, mm_type, on_progress)
     try:
         _convert_text(ckpt, out, quant, result, threads, on_progress)
-    except BaseException:
-        if result.mmproj is not None:
-            result.mmproj.unlink(missing_ok=True)  # nothing half-done is left behind
-        raise
+        if mm_partial is not None:
+            result.mmproj = mmproj_output(out)
+            os.replace(mm_partial, result.mmproj)
+    finally:
+        if mm_partial is not None:
+            mm_partial.unlink(missing_ok=True)
     return result
 
 

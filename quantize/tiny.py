@@ -413,6 +413,7 @@ def make_checkpoint(
     audio: bool = True,
     towers: str | None = None,
     only: list[str] | None = None,
+    endless: bool = False,
 ) -> Path:
     """Write a tiny (or, for ``e2b-real``, full-size) random Gemma 4 checkpoint to ``out_dir``.
 
@@ -421,7 +422,9 @@ def make_checkpoint(
     checkpoints carry on KV-shared layers; ``shard_bytes`` splits the weights into shards with
     an index; ``text`` overrides text_config fields; ``only`` keeps tensors whose names contain
     one of the given substrings (benchmark slices); ``towers="e2b"`` gives the vision and audio
-    towers the real E2B shapes (benchmarks).
+    towers the real E2B shapes (benchmarks); ``endless`` zeroes the embeddings of the
+    end-of-generation tokens, so that greedy decoding never stops by itself (tests that
+    interrupt a long answer).
     """
     family = ALIASES.get(family, family)
     if family not in FAMILIES:
@@ -455,8 +458,18 @@ def make_checkpoint(
         size += spec.nbytes
     chunk = st.CHUNK_BYTES // 4
 
+    stop_ids = [i for i, t in tiny_tokenizer.SPECIALS.items() if t in ("<eos>", "<turn|>", "<|tool_response>")]
+
     def fill(spec: st.TensorSpec) -> Iterator[np.ndarray]:
+        done = 0
         for x in _values(spec.name, spec.shape, tc, seed, chunk):
+            if endless and spec.name.endswith("language_model.embed_tokens.weight"):
+                width = spec.shape[1]
+                for row in stop_ids:  # rows of this chunk that belong to a stop token
+                    lo, hi = row * width - done, (row + 1) * width - done
+                    if hi > 0 and lo < len(x):
+                        x[max(lo, 0) : min(hi, len(x))] = 0.0
+            done += len(x)
             yield st.convert_raw(x, "F32", dtype)
 
     names = (

@@ -1,0 +1,135 @@
+"""``g4 chat``: the REPL on a terminal; one answer for a prompt argument or a pipe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from g4cli.options import ThreadsOpt
+
+
+def chat(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="A pulled model (e4b, e4b:q8_0) or a GGUF path. Default: the configured or latest.", show_default=False
+        ),
+    ] = None,
+    prompt: Annotated[str | None, typer.Argument(help="Answer this once and exit.", show_default=False)] = None,
+    image: Annotated[
+        list[str] | None, typer.Option("--image", "-i", help="Attach an image (repeatable; - = stdin).")
+    ] = None,
+    audio: Annotated[
+        list[str] | None, typer.Option("--audio", "-a", help="Attach an audio file (repeatable; - = stdin).")
+    ] = None,
+    mic: Annotated[bool, typer.Option("--mic", help="Record one utterance from the microphone and send it.")] = False,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    think: Annotated[
+        bool, typer.Option("--think", help="Let the model think first (thinking goes to stderr).")
+    ] = False,
+    temperature: Annotated[
+        float | None, typer.Option("--temp", help="Sampling temperature (default 1.0; 0 = greedy).")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling (default 0.95).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (default 64; 0 = off).")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p", help="Min-p sampling (default 0 = off).")] = None,
+    repeat_penalty: Annotated[
+        float | None, typer.Option("--repeat-penalty", help="Repetition penalty (1 = off).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible sampling.")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", help="Stop after this many tokens.")] = None,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Context size in tokens (default 8192).")] = None,
+    gpu_layers: Annotated[
+        int, typer.Option("--gpu-layers", help="Layers to offload to a GPU (needs a GPU build).")
+    ] = 0,
+    threads: ThreadsOpt = None,
+    mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (answer, thinking, tokens, timings).")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Load time, tokens/s, time to first token, memory.")
+    ] = False,
+    input_device: Annotated[
+        str | None, typer.Option("--input-device", help="Microphone: name or index (g4 devices).")
+    ] = None,
+    silence: Annotated[
+        float, typer.Option("--silence", help="Microphone: stop after this many seconds of silence.")
+    ] = 1.5,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Microphone: longest recording.")] = 30.0,
+    save_audio: Annotated[
+        Path | None, typer.Option("--save-audio", help="Microphone: keep the recording as WAV.")
+    ] = None,
+    no_history: Annotated[
+        bool, typer.Option("--no-history", help="Do not read or write the REPL history file.")
+    ] = False,
+) -> None:
+    """Chat with a model: a REPL on a terminal, one answer in a pipe or with a PROMPT.
+
+    The answer alone goes to stdout (no spinner, no colours when piped); everything else goes
+    to stderr. Piped input is placed before PROMPT. In the REPL type /help for commands;
+    paths of images or audio files typed or dropped into a message are attached.
+
+    Examples:
+
+      g4 chat                                   # REPL with the default model
+
+      g4 chat e4b --image photo.jpg "What is in this picture?"
+
+      cat notes.txt | g4 chat e4b "summarize" > summary.txt
+
+      g4 chat e2b --audio meeting.m4a "List the action items" --json
+
+      g4 chat e4b --mic                         # speak, get the answer on stdout
+    """
+    import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/runtime.py)
+
+    from g4cli import chatmode
+    from g4cli.errors import UsageError
+
+    if model is not None and prompt is None and not _is_model(model):
+        model, prompt = None, model  # `g4 chat "question"`: the default model answers
+    opts = chatmode.Options(
+        image=image or [],
+        audio=audio or [],
+        mic=mic,
+        system=system,
+        think=think,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        seed=seed,
+        max_tokens=max_tokens,
+        ctx=ctx,
+        gpu_layers=gpu_layers,
+        threads=threads,
+        mmproj=mmproj,
+        json=json_out,
+        verbose=verbose,
+        input_device=input_device,
+        silence=silence,
+        max_seconds=max_seconds,
+        save_audio=save_audio,
+        history=not no_history,
+    )
+    opts.validate()
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and prompt is None and not json_out and not mic
+    if interactive:
+        from g4cli import repl
+
+        repl.run(model, opts)
+        return
+    if json_out and sys.stdout.isatty() and prompt is None and sys.stdin.isatty() and not mic:
+        raise UsageError("--json needs a PROMPT or piped input")
+    chatmode.one_shot(model, prompt, opts)
+
+
+def _is_model(text: str) -> bool:
+    from g4cli.choose import looks_like_model
+
+    return looks_like_model(text)

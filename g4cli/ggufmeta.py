@@ -1,0 +1,69 @@
+"""Read a few metadata values from a GGUF header without parsing the whole file.
+
+GGUFReader builds every key (a 262k-token vocabulary included) and maps all tensors; the chat
+needs two numbers before it loads a model, so it scans key by key and stops at what it wants.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+STRING, ARRAY = 8, 9
+
+
+def _read(f: BinaryIO, fmt: str) -> Any:
+    size = struct.calcsize(fmt)
+    data = f.read(size)
+    if len(data) != size:
+        raise ValueError("truncated GGUF header")
+    return struct.unpack(fmt, data)[0]
+
+
+def _string(f: BinaryIO) -> str:
+    n = _read(f, "<Q")
+    if n > 1 << 30:
+        raise ValueError("implausible string length in GGUF header")
+    return f.read(n).decode("utf-8", "replace")
+
+
+def _value(f: BinaryIO, vtype: int, keep: bool) -> Any:
+    if vtype in _SCALARS:
+        return _read(f, _SCALARS[vtype])
+    if vtype == STRING:
+        return _string(f)
+    if vtype == ARRAY:
+        etype, n = _read(f, "<I"), _read(f, "<Q")
+        if etype in _SCALARS and not keep:
+            f.seek(n * struct.calcsize(_SCALARS[etype]), 1)
+            return None
+        items = [_value(f, etype, keep) for _ in range(n)]
+        return items if keep else None
+    raise ValueError(f"unknown GGUF value type {vtype}")
+
+
+def read_values(path: Path | str, wanted: set[str]) -> dict[str, Any]:
+    """The values of ``wanted`` keys (a ``{arch}`` in a key is the file's architecture)."""
+    found: dict[str, Any] = {}
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file")
+        _read(f, "<I")  # version
+        _read(f, "<Q")  # tensor count
+        n_kv = _read(f, "<Q")
+        arch = None
+        for _ in range(n_kv):
+            key = _string(f)
+            vtype = _read(f, "<I")
+            names = {w.replace("{arch}", arch or "\0"): w for w in wanted}  # resolved key -> as asked
+            value = _value(f, vtype, keep=key in names or key == "general.architecture")
+            if key == "general.architecture":
+                arch = value
+                names = {w.replace("{arch}", arch): w for w in wanted}
+            if key in names:
+                found[names[key]] = value
+            if len(found) == len(wanted):
+                break
+    return found

@@ -1,0 +1,187 @@
+"""A chat session: the conversation, its settings and attachments, around a loaded model.
+
+The REPL, one-shot/pipe mode and ``g4 doctor`` all go through ``Session.send``; it streams
+``Event``s and records the turn only when it finishes (or is interrupted), so a failure leaves
+the conversation as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from g4cli import media as media_mod
+from g4cli.conversation import Event, Sampling, Stats, Turn
+from g4cli.errors import G4Error, MediaError, UsageError
+
+SAVE_VERSION = 1
+
+
+@dataclass
+class Answer:
+    """What one ``send`` produced."""
+
+    text: str = ""
+    thought: str = ""
+    finish: str | None = None
+    stats: Stats = field(default_factory=Stats)
+    interrupted: bool = False
+
+
+class Session:
+    def __init__(self, model: Any, *, system: str | None = None, sampling: Sampling | None = None) -> None:
+        self.model = model  # g4cli.runtime.Model (or anything with generate/check_media)
+        self.system = system
+        self.sampling = sampling or Sampling()
+        self.turns: list[Turn] = []
+        self.pending: list[media_mod.Media] = []  # attachments for the next message
+        self.last_stats: Stats | None = None
+
+    # --- attachments -----------------------------------------------------------------------
+
+    def attach(self, source: str | Path, kind: str | None = None, stdin: bytes | None = None) -> media_mod.Media:
+        """Decode an attachment for the next message; refuse what the model cannot take."""
+        m = media_mod.load(source, kind, stdin=stdin)  # type: ignore[arg-type]
+        self.model.check_media([m])
+        self.pending.append(m)
+        return m
+
+    def attach_media(self, m: media_mod.Media) -> None:
+        self.model.check_media([m])
+        self.pending.append(m)
+
+    # --- the conversation ------------------------------------------------------------------
+
+    def _all_turns(self, extra: list[Turn]) -> list[Turn]:
+        head = [Turn("system", self.system)] if self.system else []
+        return head + self.turns + extra
+
+    def send(self, text: str, answer: Answer | None = None) -> Iterator[Event]:
+        """Send a user message (with the pending attachments) and stream the answer.
+
+        The exchange is added to the conversation when the stream ends; if it is interrupted
+        (Ctrl-C, or the stream is closed early), the partial answer is kept. ``answer``
+        (optional) collects the result.
+        """
+        answer = answer if answer is not None else Answer()
+        user = Turn("user", text, list(self.pending))
+        turns = self._all_turns([user])
+        self.model.check_media(user.media)
+        try:
+            for ev in self.model.generate(turns, self.sampling):
+                if ev.kind == "text":
+                    answer.text += ev.text
+                elif ev.kind == "thought":
+                    answer.thought += ev.text
+                elif ev.kind == "done":
+                    answer.finish, answer.stats = ev.finish, ev.stats or Stats()
+                    self._forget_oldest(answer.stats.dropped_turns)
+                yield ev
+        except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C, or the reader stopped reading
+            answer.interrupted, answer.finish = True, "interrupted"
+            if answer.text or answer.thought:
+                self._record(user, answer)
+            raise
+        self._record(user, answer)
+
+    def _record(self, user: Turn, answer: Answer) -> None:
+        self.turns += [user, Turn("assistant", answer.text, thought=answer.thought or None)]
+        self.pending = []
+        self.last_stats = answer.stats
+
+    def _forget_oldest(self, n: int) -> None:
+        """The runtime dropped ``n`` oldest turns to fit the context: forget them here too."""
+        if n:
+            del self.turns[:n]
+
+    def regen(self) -> str:
+        """Remove the last answer; return the user message to send again (its media re-pended)."""
+        if len(self.turns) < 2 or self.turns[-1].role != "assistant":
+            raise UsageError("nothing to regenerate yet")
+        self.turns.pop()
+        user = self.turns.pop()
+        self.pending = list(user.media) + self.pending
+        return user.text
+
+    def clear(self) -> None:
+        self.turns, self.pending = [], []
+
+    # --- save / load -----------------------------------------------------------------------
+
+    def to_json(self, model_name: str) -> dict[str, Any]:
+        return {
+            "g4_conversation": SAVE_VERSION,
+            "model": model_name,
+            "system": self.system,
+            "settings": asdict(self.sampling),
+            "turns": [
+                {
+                    "role": t.role,
+                    "text": t.text,
+                    **({"thought": t.thought} if t.thought else {}),
+                    "attachments": [{"kind": m.kind, "path": _abs(m.name), "sha256": m.sha256} for m in t.media],
+                }
+                for t in self.turns
+            ],
+        }
+
+    def save(self, path: Path, model_name: str) -> None:
+        path = Path(path).expanduser()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            tmp.write_text(json.dumps(self.to_json(model_name), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise G4Error(f"{path}: cannot save ({e.strerror or e})") from None
+
+    def load(self, path: Path) -> list[str]:
+        """Replace the conversation with a saved one; returns warnings (attachments not restored).
+
+        Attachments are re-read from their paths and must still have the saved sha256.
+        Nothing changes if the file is unreadable.
+        """
+        path = Path(path).expanduser()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise G4Error(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise G4Error(f"{path}: not a saved conversation ({e})") from None
+        if not isinstance(data, dict) or data.get("g4_conversation") != SAVE_VERSION:
+            raise G4Error(f"{path}: not a g4 conversation file")
+        warnings: list[str] = []
+        turns: list[Turn] = []
+        try:
+            for t in data["turns"]:
+                if t["role"] not in ("user", "assistant") or not isinstance(t["text"], str):
+                    raise ValueError("bad turn")
+                restored = []
+                for a in t.get("attachments", []):
+                    try:
+                        m = media_mod.load(a["path"], a["kind"])
+                    except MediaError as e:
+                        warnings.append(f"attachment not restored: {e}")
+                        continue
+                    if m.sha256 != a["sha256"]:
+                        warnings.append(f"attachment not restored: {a['path']} has changed since it was saved")
+                        continue
+                    restored.append(m)
+                turns.append(Turn(t["role"], t["text"], restored, t.get("thought")))
+            settings = Sampling(
+                **{k: v for k, v in data.get("settings", {}).items() if k in Sampling.__dataclass_fields__}
+            )
+            system = data.get("system")
+        except (KeyError, TypeError, ValueError) as e:
+            raise G4Error(f"{path}: malformed conversation file ({e})") from None
+        self.turns, self.pending, self.sampling = turns, [], settings
+        self.system = system if isinstance(system, str) else None
+        return warnings
+
+
+def _abs(name: str) -> str:
+    return name if name == "<stdin>" else str(Path(name).expanduser().resolve())
