@@ -20,12 +20,18 @@ from g4cli.errors import G4Error
 app = typer.Typer(
     name="g4",
     help=(
-        "Run Google's Gemma 4 models locally: convert, quantize and chat.\n\n"
+        "Run Google's Gemma 4 models locally: pull, convert, quantize, and chat with text, images,\n"
+        "audio files and the microphone. Answers go to stdout, everything else to stderr.\n\n"
         "Examples:\n\n"
-        "  g4 pull e4b                              # google/gemma-4-E4B-it -> Q4_K_M\n\n"
-        "  g4 list\n\n"
-        "  g4 convert ./gemma-4-E2B-it              # safetensors -> Q4_K_M GGUF\n\n"
-        "  g4 convert ./gemma-4-E2B-it --quant q8_0 -o e2b.gguf"
+        "\b\n"
+        "  g4 pull e4b                               # download + quantize google/gemma-4-E4B-it\n"
+        "  g4 chat                                   # the REPL (the latest pulled model)\n"
+        '  g4 chat e4b --image photo.jpg "What is this?"\n'
+        '  cat notes.txt | g4 chat e4b "summarize" > summary.txt\n'
+        "  g4 chat e4b --mic                         # speak; the answer is printed\n"
+        "  g4 list; g4 show e4b; g4 rm e4b\n"
+        "  g4 convert ./gemma-4-E2B-it --quant q8_0  # a local checkpoint -> GGUF\n"
+        "  g4 doctor                                 # check this install, no download"
     ),
     no_args_is_help=True,
     add_completion=True,

@@ -77,16 +77,12 @@ def loaded(name: str | None, opts: Options, *, needs: set[str] | None = None) ->
     The model is held (a shared lock) while loaded, so ``g4 rm`` cannot delete it meanwhile.
     """
     from g4cli.choose import choose
-    from g4cli.errors import CapabilityError
-    from g4cli.runtime import projector_capabilities
+    from g4cli.runtime import projector_capabilities, require
 
     choice = choose(name, opts.mmproj)
     caps = projector_capabilities(choice.mmproj)
     for need in sorted(needs or ()):
-        if need not in caps:
-            what = "images" if need == "vision" else "audio"
-            why = "it has no projector file" if choice.mmproj is None else f"its projector has no {need} encoder"
-            raise CapabilityError(f"{choice.name} cannot take {what}: {why}")
+        require(need, caps, choice.name, choice.mmproj)  # from the headers, before anything loads
     from g4cli import render, store
     from g4cli.runtime import Model
 

@@ -18,6 +18,7 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="
 ModelArg = Annotated[
     str,
     typer.Argument(
+        metavar="MODEL",
         help="e2b, e4b, 26b-a4b (26b), 31b with an optional :quant tag (e4b:q8_0); an org/repo id; a checkpoint dir.",
         show_default=False,
     ),

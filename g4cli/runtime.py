@@ -41,6 +41,15 @@ class MediaUnit:
     n_pos: int
 
 
+def require(capability: str, capabilities: set[str], model: str, mmproj: Path | None, detail: str = "") -> None:
+    """The one capability error: what the model cannot take, and why."""
+    if capability in capabilities:
+        return
+    what = "images" if capability == "vision" else "audio"
+    why = "it has no projector file" if mmproj is None else f"its projector has no {capability} encoder"
+    raise CapabilityError(f"{model} cannot take {what}: {why}" + (f" ({detail})" if detail else ""))
+
+
 def projector_capabilities(mmproj: Path | None) -> set[str]:
     """What a projector file can encode, read from its header without loading it."""
     if mmproj is None:
@@ -227,21 +236,14 @@ class Model:
 
     # --- prompt -> units -----------------------------------------------------------------------
 
-    def require(self, capability: str) -> None:
+    def require(self, capability: str, detail: str = "") -> None:
         """Refuse up front what the model cannot take ("vision" or "audio")."""
-        if capability not in self.capabilities:
-            what = "images" if capability == "vision" else "audio"
-            why = "it has no projector file" if self.mmproj is None else f"its projector has no {capability} encoder"
-            raise CapabilityError(f"{self.path.name} cannot take {what}: {why}")
+        require(capability, self.capabilities, self.path.name, self.mmproj, detail)
 
     def check_media(self, media: list[Media]) -> None:
         """Refuse attachments the model cannot take, before any work."""
         for m in media:
-            need = "vision" if m.kind == "image" else "audio"
-            if need not in self.capabilities:
-                what = "images" if m.kind == "image" else "audio"
-                why = "it has no projector file" if self.mmproj is None else f"its projector has no {need} encoder"
-                raise CapabilityError(f"{self.path.name} cannot take {what}: {why} ({m.name})")
+            self.require("vision" if m.kind == "image" else "audio", m.name)
 
     def _bitmaps(self, media: list[Media]) -> list:
         bitmaps = []

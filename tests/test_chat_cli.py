@@ -143,3 +143,22 @@ def test_ctrl_c_during_an_answer_exits_130(gguf, tmp_path: Path, tiny) -> None:
     assert proc.returncode == 130, err.decode()
     _clean(first + out)
     assert b"Traceback" not in err
+
+
+def test_doctor_checks_the_install_end_to_end(run_g4) -> None:
+    r = run_g4("doctor", env=_env())
+    assert r.returncode == 0, r.out + r.err
+    _clean(r.stdout)
+    lines = r.out.splitlines()
+    for name in ("llama.cpp", "checkpoint", "convert + quantize", "chat", "microphone", "disk and memory"):
+        assert any(line.startswith("ok") and name in line for line in lines), (name, lines)
+    assert "prompt tokens" in r.out and "Q4_K_M" in r.out
+
+
+def test_shell_completion_offers_commands_and_options() -> None:
+    env = _env({"_G4_COMPLETE": "complete_bash", "COMP_WORDS": "g4 ch", "COMP_CWORD": "1"})
+    proc = subprocess.run([*g4_executable(), "ch"], env=env, capture_output=True, stdin=subprocess.DEVNULL)
+    assert "chat" in proc.stdout.decode().split()
+    env.update({"COMP_WORDS": "g4 chat --ma", "COMP_CWORD": "2"})
+    proc = subprocess.run([*g4_executable()], env=env, capture_output=True, stdin=subprocess.DEVNULL)
+    assert "--max-tokens" in proc.stdout.decode().split() and "--max-seconds" in proc.stdout.decode().split()

@@ -192,3 +192,19 @@ def test_mic_in_the_repl_and_a_missing_device_keeps_it_alive(model, pulse, media
     child.expect_exact(">>> ")
     child.sendline("/bye")
     child.expect(pexpect.EOF)
+
+
+def test_a_device_that_fails_mid_recording_is_one_line(model, tmp_path: Path) -> None:
+    """The sound server dies while g4 records from it."""
+    server = start(tmp_path / "doomed")
+    try:
+        proc = _spawn(model, server, "--max-seconds", "20")
+        _wait_recording(proc)
+        server.process.kill()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert proc.returncode == 1 and out == b""
+    assert lines[-1].startswith("Error: ") and "input device" in lines[-1], lines
+    assert not any("Traceback" in line for line in lines)

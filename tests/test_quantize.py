@@ -84,3 +84,23 @@ def test_float_pass_through_types(gguf, quant: str) -> None:
     assert types["blk.0.attn_q.weight"] == quant and types["per_layer_token_embd.weight"] == quant
     assert types["blk.0.attn_norm.weight"] == "F32"
     assert len(_greedy(gguf("e2b", quant))) == 16
+
+
+def test_progress_is_shown_on_a_terminal(tiny, tmp_path: Path) -> None:
+    import os
+
+    import pexpect
+    from conftest import g4_executable
+
+    exe = g4_executable()
+    out = tmp_path / "p.gguf"
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
+    child = pexpect.spawn(exe[0], [*exe[1:], "convert", str(tiny("e2b")), "-o", str(out), "-q", "q4_k_m"], env=env)
+    child.expect_exact("projector")  # one bar per phase, with sizes and speed
+    child.expect_exact("convert")
+    child.expect_exact("quantize")
+    child.expect_exact(f"wrote {out} (Q4_K_M")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

@@ -45,6 +45,8 @@ def test_streaming_multiline_media_save_load_and_ctrl_d(gguf, media_dir, tmp_pat
     child.expect_exact("... ")
     child.sendline('second line"""')
     child.expect_exact(PROMPT)
+    child.send("\x1b[200~pasted one\npasted two\x1b[201~\r")  # bracketed paste: one message
+    child.expect_exact(PROMPT)
     child.sendline(f"/image {media_dir['alpha']}")
     child.expect_exact("attached image alpha.png (640×480)")
     child.expect_exact(PROMPT)
@@ -58,13 +60,13 @@ def test_streaming_multiline_media_save_load_and_ctrl_d(gguf, media_dir, tmp_pat
     child.expect_exact(PROMPT)
     saved = tmp_path / "conv.json"
     child.sendline(f"/save {saved}")
-    child.expect_exact("saved 8 turns")
+    child.expect_exact("saved 10 turns")
     child.expect_exact(PROMPT)
     child.sendline("/clear")
     child.expect_exact("conversation cleared")
     child.expect_exact(PROMPT)
     child.sendline(f"/load {saved}")
-    child.expect_exact("loaded 8 turns")
+    child.expect_exact("loaded 10 turns")
     child.expect_exact(PROMPT)
     child.sendline("/stats")
     child.expect_exact("tok/s")
@@ -78,11 +80,12 @@ def test_streaming_multiline_media_save_load_and_ctrl_d(gguf, media_dir, tmp_pat
     assert [u["text"] for u in users] == [
         "Hello there",
         "first line\nsecond line",
+        "pasted one\npasted two",  # a bracketed paste is one message, newlines and all
         "What do you see and hear?",
         "and this?",
     ]
-    assert [a["kind"] for a in users[2]["attachments"]] == ["image", "audio"]
-    assert users[3]["attachments"][0]["path"].endswith("anim.gif")
+    assert [a["kind"] for a in users[3]["attachments"]] == ["image", "audio"]
+    assert users[4]["attachments"][0]["path"].endswith("anim.gif")
 
 
 def test_ctrl_c_stops_the_answer_and_the_repl_goes_on(endless, tmp_path: Path) -> None:

@@ -15,15 +15,20 @@ def chat(
     model: Annotated[
         str | None,
         typer.Argument(
-            help="A pulled model (e4b, e4b:q8_0) or a GGUF path. Default: the configured or latest.", show_default=False
+            metavar="MODEL",
+            help="A pulled model (e4b, e4b:q8_0) or a GGUF path. Default: the configured or latest.",
+            show_default=False,
         ),
     ] = None,
-    prompt: Annotated[str | None, typer.Argument(help="Answer this once and exit.", show_default=False)] = None,
+    prompt: Annotated[
+        str | None, typer.Argument(metavar="PROMPT", help="Answer this once and exit.", show_default=False)
+    ] = None,
     image: Annotated[
-        list[str] | None, typer.Option("--image", "-i", help="Attach an image (repeatable; - = stdin).")
+        list[str] | None, typer.Option("--image", "-i", metavar="PATH", help="Attach an image (repeatable; - = stdin).")
     ] = None,
     audio: Annotated[
-        list[str] | None, typer.Option("--audio", "-a", help="Attach an audio file (repeatable; - = stdin).")
+        list[str] | None,
+        typer.Option("--audio", "-a", metavar="PATH", help="Attach an audio file (repeatable; - = stdin)."),
     ] = None,
     mic: Annotated[bool, typer.Option("--mic", help="Record one utterance from the microphone and send it.")] = False,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
@@ -75,14 +80,11 @@ def chat(
 
     Examples:
 
+    \b
       g4 chat                                   # REPL with the default model
-
       g4 chat e4b --image photo.jpg "What is in this picture?"
-
       cat notes.txt | g4 chat e4b "summarize" > summary.txt
-
       g4 chat e2b --audio meeting.m4a "List the action items" --json
-
       g4 chat e4b --mic                         # speak, get the answer on stdout
     """
     import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/runtime.py)

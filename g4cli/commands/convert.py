@@ -12,7 +12,10 @@ from g4cli.options import QuantOpt, ThreadsOpt
 
 def convert(
     checkpoint: Annotated[
-        Path, typer.Argument(help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer).")
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT_DIR", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer)."
+        ),
     ],
     output: Annotated[
         Path | None,
@@ -34,10 +37,9 @@ def convert(
 
     Examples:
 
+    \b
       g4 convert ./gemma-4-E4B-it
-
       g4 convert ./gemma-4-31B-it --quant q8_0 -o 31b-q8.gguf
-
       g4 convert ./gemma-4-E2B-it --quant bf16     # no quantization
     """
     from g4cli.render import ByteProgress, answer, human_bytes, info

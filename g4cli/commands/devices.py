@@ -10,8 +10,8 @@ def devices(json_out: JsonOpt = False) -> None:
 
     Examples:
 
+    \b
       g4 devices
-
       g4 devices --json
     """
     import json

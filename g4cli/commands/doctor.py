@@ -12,6 +12,7 @@ def doctor() -> None:
 
     Example:
 
+    \b
       g4 doctor
     """
     import sys

@@ -15,8 +15,8 @@ def list(json: JsonOpt = False) -> None:
 
     Examples:
 
+    \b
       g4 list
-
       g4 list --json | jq '.[].path'
     """
     import json as jsonlib

@@ -43,12 +43,10 @@ def pull(
 
     Examples:
 
+    \b
       g4 pull e4b                          # google/gemma-4-E4B-it -> Q4_K_M
-
       g4 pull 26b:q8_0
-
       g4 pull google/gemma-4-31B-it --revision main --remove-download
-
       g4 pull ./my-finetune --name tuned -q q5_k_m
     """
     from g4cli.pull import pull as run_pull

@@ -9,7 +9,7 @@ import typer
 
 
 def rm(
-    name: Annotated[str, typer.Argument(help="A pulled model: e4b (every quantization) or e4b:q8_0.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A pulled model: e4b (every quantization) or e4b:q8_0.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a pulled model (its GGUFs and manifest) from g4's store.
@@ -20,8 +20,8 @@ def rm(
 
     Examples:
 
+    \b
       g4 rm e4b:q8_0
-
       g4 rm 31b --yes
     """
     from g4cli import store

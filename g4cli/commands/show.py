@@ -13,15 +13,15 @@ if TYPE_CHECKING:
 
 
 def show(
-    name: Annotated[str, typer.Argument(help="A pulled model: e4b, e4b:q8_0, org/repo.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A pulled model: e4b, e4b:q8_0, org/repo.")],
     json: JsonOpt = False,
 ) -> None:
     """Show a pulled model: architecture, layers, context, PLE and experts, quant mix, files.
 
     Examples:
 
+    \b
       g4 show e4b
-
       g4 show 26b:q8_0 --json
     """
     import json as jsonlib
