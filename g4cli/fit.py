@@ -196,13 +196,17 @@ def estimate(
     quant: str,
     source_bytes: int,
     download: int = 0,
-    ctx: int = DEFAULT_CTX,
+    ctx: int | None = None,
 ) -> Estimate:
-    """The estimate for converting a checkpoint of ``source_bytes`` weight bytes to ``quant``."""
+    """The estimate for converting a checkpoint of ``source_bytes`` weight bytes to ``quant``.
+
+    ``ctx`` defaults to what ``g4 chat`` uses: 8192, or less if the model was trained on less.
+    """
     from quantize.gemma4 import text_params
     from quantize.llama_quant import FLOAT_TYPES
 
     hp = text_params(config)
+    ctx = ctx or min(DEFAULT_CTX, hp.n_ctx_train)
     dtype = source_dtype(config)
     src_type = SOURCE_TYPES[dtype]
     text, ple, n_text = text_size(hp, quant, src_type)

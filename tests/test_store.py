@@ -61,7 +61,7 @@ def test_show_describes_architecture_quant_mix_and_files(run_g4, pulled) -> None
     assert rows["architecture"].startswith("gemma4, 10 layers, embedding 256")
     assert "8 sliding (window 8) + 2 full layers" in rows["attention"]
     assert rows["ple"].startswith("256 per layer") and rows["experts"] == "none"
-    assert rows["context"].startswith("4096 (g4 chat default 8192)")
+    assert rows["context"].startswith("4096 (g4 chat default 4096)")  # chat never exceeds the trained context
     assert rows["quant mix"].startswith("Q8_0: ")
     assert rows["file (model)"].startswith("model.gguf ") and rows["path"] == str(pulled.parent)
 
