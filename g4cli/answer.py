@@ -62,7 +62,6 @@ class AnswerPrinter:
         self._buf = ""
         self._live = None
         self._last_char = ""
-        self.wrote_any = False
         if self.markdown:
             from rich.console import Console
 
@@ -71,7 +70,6 @@ class AnswerPrinter:
     def feed(self, text: str) -> None:
         if not text:
             return
-        self.wrote_any = True
         if not self.markdown:
             self.out.write(text)
             self.out.flush()

@@ -17,10 +17,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
-
-
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
 

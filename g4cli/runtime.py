@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +26,12 @@ from g4cli import chat_template
 from g4cli.catalog import DEFAULT_CTX  # shared with the fit estimate of g4 pull
 from g4cli.conversation import PLACEHOLDERS, ChannelSplitter, Event, Sampling, Stats, Turn, to_template_messages
 from g4cli.errors import CapabilityError, RuntimeFailure
-from g4cli.media import Media
+from g4cli.media import AUDIO_TOKENS_PER_SECOND, Media
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when fitting a long conversation
 MARKER = "<__media__>"  # mtmd's media marker
 _CONTROL_TEXT = {"<|channel>": "open", "<channel|>": "close"}
+_SLOT = re.compile("|".join(map(re.escape, PLACEHOLDERS)))
 
 
 @dataclass(frozen=True)
@@ -217,20 +219,13 @@ class Model:
             bos_token=self._bos_text,
         )
         media = [m for t in turns for m in t.media]
-        slots = []
-        for placeholder in PLACEHOLDERS:
-            start = text.find(placeholder)
-            while start >= 0:
-                slots.append((start, placeholder))
-                start = text.find(placeholder, start + 1)
-        slots.sort()
+        slots = list(_SLOT.finditer(text))
         if len(slots) != len(media):
             raise RuntimeFailure(f"chat template placed {len(slots)} media slots for {len(media)} attachments")
         out, last = [], 0
-        for (start, placeholder), m in zip(slots, media):
-            out.append(text[last:start])
-            out.append(MARKER * max(1, len(m.pieces)) if m.kind == "audio" else MARKER)
-            last = start + len(placeholder)
+        for slot, m in zip(slots, media):  # an audio file split in pieces takes one marker a piece
+            out += [text[last : slot.start()], MARKER * max(1, len(m.pieces)) if m.kind == "audio" else MARKER]
+            last = slot.end()
         out.append(text[last:])
         return "".join(out)
 
@@ -433,7 +428,7 @@ class Model:
         n = len(self.tokenize(text_only))
         for m in media:  # an estimate that errs on the large side
             if m.kind == "audio":
-                n += int(m.seconds * 25) + 2 * len(m.pieces) + 2
+                n += int(m.seconds * AUDIO_TOKENS_PER_SECOND) + 2 * len(m.pieces) + 2
             else:
                 n += 1120 + 2
         return n

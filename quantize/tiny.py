@@ -169,10 +169,6 @@ AUDIO = {
 }
 
 
-def family_names() -> list[str]:
-    return [f for f in FAMILIES if not f.endswith("-real")]
-
-
 # --- config.json ----------------------------------------------------------------------------
 
 
