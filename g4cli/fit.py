@@ -169,15 +169,18 @@ def text_size(hp: TextParams, quant: str, source_type: str) -> tuple[int, int, i
 
 
 def kv_cache_bytes(hp: TextParams, ctx: int = DEFAULT_CTX) -> int:
-    """F16 K and V for every layer that keeps its own cache (KV-shared layers reuse another's)."""
-    total = 0
-    for il in range(hp.n_layer):
-        if hp.is_shared(il):
-            continue
-        # (llama.cpp keeps up to a batch more cells on sliding layers: a few MB on the real models)
-        cells = min(hp.sliding_window, ctx) if hp.is_swa[il] else ctx
-        total += cells * hp.n_head_kv(il) * hp.head_dim(il) * 2 * 2
-    return total
+    """The F16 KV cache llama.cpp allocates for ``g4 chat`` (checked against its own log).
+
+    Every layer that keeps its own cache (KV-shared layers reuse another's) gets ``ctx`` cells
+    (padded to 256), sliding layers too: g4 uses llama.cpp's full-size sliding-window cache so
+    that a conversation can be rolled back (/regen, thinking stripped from history). Without
+    flash attention llama.cpp pads every layer's V row to the widest one (heads × head dim).
+    """
+    cells = -(-ctx // 256) * 256
+    own = [il for il in range(hp.n_layer) if not hp.is_shared(il)]
+    width = {il: hp.n_head_kv(il) * hp.head_dim(il) for il in own}
+    v_width = max(width.values(), default=0)
+    return sum(cells * (width[il] + v_width) * 2 for il in own)
 
 
 def source_dtype(config: dict) -> str:

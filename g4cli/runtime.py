@@ -86,7 +86,7 @@ class _Log:
         @llama_cpp.llama_log_callback
         def on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
             self.lines.append(text.decode("utf-8", "replace"))
-            del self.lines[:-200]
+            del self.lines[:-1000]
             if self.echo:
                 os.write(2, text)
 

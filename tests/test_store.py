@@ -240,16 +240,22 @@ def test_estimated_text_size_is_what_llama_cpp_writes(tiny, tmp_path, family: st
         assert est.intermediate == pytest.approx((tmp_path / "bf16.gguf").stat().st_size, rel=0.03)
 
 
-def test_kv_cache_counts_sliding_full_and_shared_layers() -> None:
-    from quantize.gemma4 import text_params
-    from quantize.tiny import make_config
+@pytest.mark.parametrize("family", ["e2b", "e4b", "26b-a4b", "31b"])
+def test_kv_cache_estimate_is_what_llama_cpp_allocates(gguf, tiny, family: str) -> None:
+    """Against llama.cpp's own account of its KV buffers, at two context sizes."""
+    import json
+    import re
 
-    hp = text_params(make_config("e2b"))  # 10 layers S,S,S,S,F x2; the last 5 share KV
-    # own caches: 4 sliding layers (window 8, 1 KV head of 64) and 1 full layer (ctx, 1 KV head of 128)
-    assert fit.kv_cache_bytes(hp, 8192) == 4 * 8 * 1 * 64 * 2 * 2 + 8192 * 1 * 128 * 2 * 2
-    assert fit.kv_cache_bytes(hp, 4) == 4 * 4 * 64 * 4 + 4 * 128 * 4  # a context below the window
-    hp = text_params(make_config("31b"))  # S,S,F,S,S,F: 2 KV heads of 64 sliding, 1 of 128 full (K=V)
-    assert fit.kv_cache_bytes(hp, 1000) == 4 * 8 * 2 * 64 * 4 + 2 * 1000 * 1 * 128 * 4
+    from g4cli.runtime import LOG, Model
+    from quantize.gemma4 import text_params
+
+    hp = text_params(json.loads((tiny(family) / "config.json").read_text()))
+    for ctx in (1000, 4096):
+        LOG.lines.clear()
+        Model(gguf(family, "Q8_0"), n_ctx=ctx).close()
+        sizes = re.findall(r"llama_kv_cache: size =\s+([\d.]+) MiB", "".join(LOG.lines))
+        assert sizes, "llama.cpp did not report its KV cache"
+        assert fit.kv_cache_bytes(hp, ctx) == round(sum(float(x) for x in sizes) * 2**20)
 
 
 def test_the_ple_table_of_a_real_e2b_is_counted() -> None:
