@@ -6,7 +6,7 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +133,6 @@ def _stdin_text(opts: Options) -> str | None:
 def one_shot(name: str | None, prompt: str | None, opts: Options) -> None:
     """Answer once: piped stdin before PROMPT, the answer alone on stdout."""
     from g4cli import media
-    from g4cli.answer import AnswerPrinter, ThoughtPrinter
     from g4cli.session import Answer, Session
 
     stdin_data = sys.stdin.buffer.read() if "-" in (*opts.image, *opts.audio) and not sys.stdin.isatty() else None
@@ -152,32 +151,15 @@ def one_shot(name: str | None, prompt: str | None, opts: Options) -> None:
             from g4cli import mic
 
             session.attach_media(mic.record_for_chat(opts))
-        answer = Answer()
         if opts.json:
+            answer = Answer()
             for _ in session.send(text, answer):
                 pass
             print_json(choice.name, answer, session)
         else:
-            out, thoughts = AnswerPrinter(), ThoughtPrinter()
-            status = _Spinner()
-            stream = session.send(text, answer)
-            try:
-                for ev in stream:
-                    status.stop()
-                    if ev.kind == "text":
-                        thoughts.close()
-                        out.feed(ev.text)
-                    elif ev.kind == "thought" and opts.think:
-                        thoughts.feed(ev.text)
-                    elif ev.kind == "notice":
-                        from g4cli.render import warn
+            from g4cli.render import warn
 
-                        warn(ev.text)
-            finally:
-                stream.close()
-                status.stop()
-                thoughts.close()
-                out.close()
+            answer = show_answer(session, text, show_thoughts=opts.think, notice=warn)
         if opts.verbose:
             print_stats(answer.stats)
 
@@ -196,6 +178,37 @@ class _Spinner:
         if self._status is not None:
             self._status.stop()
             self._status = None
+
+
+def show_answer(session: Any, text: str, *, show_thoughts: bool, notice: Callable[[str], None]) -> Any:
+    """Send ``text`` and show the answer as it streams: a spinner until the first token, the
+    answer on stdout, thinking on stderr. Returns the ``Answer`` (also after Ctrl-C, which
+    propagates once the screen is tidy and the partial answer is recorded)."""
+    from g4cli.answer import AnswerPrinter, ThoughtPrinter
+    from g4cli.session import Answer
+
+    out, thoughts = AnswerPrinter(), ThoughtPrinter()
+    answer = Answer()
+    spinner = None
+    stream = session.send(text, answer)
+    try:
+        spinner = _Spinner()
+        for ev in stream:
+            spinner.stop()
+            if ev.kind == "text":
+                thoughts.close()
+                out.feed(ev.text)
+            elif ev.kind == "thought" and show_thoughts:
+                thoughts.feed(ev.text)
+            elif ev.kind == "notice":
+                notice(ev.text)
+    finally:
+        stream.close()  # an interrupted answer is recorded now, not when garbage-collected
+        if spinner is not None:
+            spinner.stop()
+        thoughts.close()
+        out.close()
+    return answer
 
 
 def print_json(model_name: str, answer: Any, session: Any) -> None:

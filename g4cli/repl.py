@@ -201,31 +201,9 @@ class Repl:
         self.answer(text)
 
     def answer(self, text: str) -> None:
-        from g4cli.answer import AnswerPrinter, ThoughtPrinter
-        from g4cli.chatmode import _Spinner, print_stats
-        from g4cli.session import Answer
+        from g4cli.chatmode import print_stats, show_answer
 
-        out, thoughts = AnswerPrinter(), ThoughtPrinter()
-        answer = Answer()
-        spinner = None
-        stream = self.session.send(text, answer)
-        try:
-            spinner = _Spinner()
-            for ev in stream:
-                spinner.stop()
-                if ev.kind == "text":
-                    thoughts.close()
-                    out.feed(ev.text)
-                elif ev.kind == "thought":
-                    thoughts.feed(ev.text)
-                elif ev.kind == "notice":
-                    self.say(ev.text, "yellow")
-        finally:  # also on Ctrl-C, which the loop in run() reports
-            stream.close()  # an interrupted answer is recorded now, not when garbage-collected
-            if spinner is not None:
-                spinner.stop()
-            thoughts.close()
-            out.close()
+        answer = show_answer(self.session, text, show_thoughts=True, notice=lambda t: self.say(t, "yellow"))
         if answer.finish == "length":
             self.say("(stopped at --max-tokens)")
         elif answer.finish == "context":

@@ -70,8 +70,7 @@ class Session:
         answer = answer if answer is not None else Answer()
         user = Turn("user", text, list(self.pending))
         turns = self._all_turns([user])
-        self.model.check_media(user.media)
-        try:
+        try:  # the model refuses media it cannot take before it does any work
             for ev in self.model.generate(turns, self.sampling):
                 if ev.kind == "text":
                     answer.text += ev.text
