@@ -72,8 +72,8 @@ def run_baseline(model: Path, prompt: str, n: int, ctx: int, threads: int) -> di
 
 def rendered_prompt(model: Path) -> str:
     """The exact prompt text g4 sends (chat template), so both sides evaluate the same tokens."""
-    from g4cli.conversation import Turn
-    from g4cli.runtime import Model
+    from g4cli.chat.conversation import Turn
+    from g4cli.chat.runtime.model import Model
 
     with Model(model, n_ctx=512) as m:
         return m.render([Turn("user", PROMPT)]).removeprefix("<bos>")  # llama-cpp-python adds BOS

@@ -3,7 +3,7 @@
 For towers of the tiny test shapes and of the real E2B shapes (random weights, F16 projector),
 both paths run in the same process on the same mtmd context, interleaved, ``--repeat`` times:
 
-  g4        g4cli.media.load (Pillow / libsndfile + libsoxr) -> bitmap -> mtmd tokenize + encode
+  g4        g4cli.chat.media.load (Pillow / libsndfile + libsoxr) -> bitmap -> mtmd tokenize + encode
   llama.cpp mtmd_helper_bitmap_init_from_buf (stb_image / miniaudio) -> tokenize + encode
 
 Inputs: an 896×896 JPEG and a 30 s 44.1 kHz stereo WAV. Prints median seconds and the ratio
@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp.mtmd_cpp as mtmd  # noqa: E402
 import numpy as np  # noqa: E402
 
-from g4cli import media  # noqa: E402
-from g4cli.runtime import MARKER, Model  # noqa: E402
+from g4cli.chat import media  # noqa: E402
+from g4cli.chat.runtime.model import MARKER, Model  # noqa: E402
 
 
 def make_inputs(d: Path) -> tuple[Path, Path]:

@@ -57,7 +57,7 @@ def _audio_devices() -> str:
 
 
 def _resources() -> str:
-    from g4cli.store import store_root
+    from g4cli.models.store import store_root
 
     root = store_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -90,8 +90,9 @@ def run(keep: Path | None = None) -> list[Check]:
 def _pipeline(work: Path) -> list[Check]:
     import numpy as np
 
-    from g4cli import media
-    from g4cli.conversation import Sampling, Turn
+    from g4cli.chat import media
+    from g4cli.chat.conversation import Turn
+    from g4cli.chat.settings import Sampling
     from quantize.converter import convert
     from quantize.tiny import make_checkpoint
 
@@ -108,7 +109,7 @@ def _pipeline(work: Path) -> list[Check]:
         return f"Q4_K_M {r.text.stat().st_size / 1e6:.1f} MB + projector {r.mmproj.stat().st_size / 1e6:.1f} MB"
 
     def chat() -> str:
-        from g4cli.runtime import Model
+        from g4cli.chat.runtime.model import Model
 
         rng = np.random.default_rng(0)
         image = media.Media("image", "doctor.png", "0" * 64, pixels=rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))

@@ -11,10 +11,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+
+def colors_ok(stream: Any) -> bool:
+    """Escape codes only on a terminal, and not with NO_COLOR or TERM=dumb."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def stderr_is_tty() -> bool:
@@ -48,8 +54,8 @@ def _plain(markup: str) -> str:
     return Text.from_markup(markup).plain
 
 
-def answer(text: str) -> None:
-    """Write answer text to stdout, exactly as given."""
+def out(text: str) -> None:
+    """Write to stdout (the answer, a listing, a path), exactly as given."""
     sys.stdout.write(text)
     sys.stdout.flush()
 

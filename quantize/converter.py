@@ -10,9 +10,10 @@ from pathlib import Path
 from gguf import GGUFValueType, Keys, LlamaFileType
 
 from g4cli.errors import UsageError
+from g4cli.fsutil import partial_path
 from quantize import gemma4, mmproj
 from quantize.checkpoint import Checkpoint, open_checkpoint
-from quantize.gguf_out import KV, PARTIAL_SUFFIX, partial_path, write_gguf
+from quantize.gguf_out import KV, write_gguf
 from quantize.llama_quant import DEFAULT_QUANT, FLOAT_TYPES, parse_type, quantize
 from quantize.vocab import Vocab, load_vocab
 
@@ -133,7 +134,7 @@ def convert(
     if mm_type is not None and mmproj.has_towers(ckpt.config):
         gemma4.text_params(ckpt.config)  # a bad config fails before the projector is written
         # written under a temporary name first: both files appear together, or neither does
-        mm_partial = partial_path(mmproj_output(out)).with_suffix(".mmproj" + PARTIAL_SUFFIX)
+        mm_partial = partial_path(mmproj_output(out), ".mmproj")
         write_mmproj(ckpt, mm_partial, mm_type, on_progress)
     try:
         _convert_text(ckpt, out, quant, result, threads, on_progress)
@@ -153,7 +154,7 @@ def _convert_text(
         result.n_tensors, result.dropped = write_text_gguf(ckpt, out, quant, on_progress)
         return
     source_type = ckpt.source_dtype if ckpt.source_dtype in FLOAT_TYPES else "F32"
-    intermediate = out.with_name(f".{out.stem}.{os.getpid()}.{source_type}{PARTIAL_SUFFIX}")
+    intermediate = partial_path(out, f".{source_type}")
     try:
         result.n_tensors, result.dropped = write_text_gguf(ckpt, intermediate, source_type, on_progress)
         quantize(

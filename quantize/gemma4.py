@@ -8,10 +8,8 @@ every rule here names the variant it serves.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from gguf import GGUFValueType, Keys
@@ -19,6 +17,7 @@ from gguf import GGUFValueType, Keys
 from g4cli.errors import CheckpointError, ConvertError
 from quantize import tensor_map
 from quantize.checkpoint import ConfigView
+from quantize.gguf_out import OutTensor, Plan
 from quantize.safetensors_io import FLOAT_DTYPES, TensorRef
 
 ARCH = "gemma4"
@@ -27,8 +26,12 @@ MODEL_TYPES = ("gemma4", "gemma4_text")
 
 
 @dataclass(frozen=True)
-class TextParams:
-    """The text model's hyper-parameters, validated."""
+class Layout:
+    """The text model's layout, validated: hyper-parameters, what each layer is, every tensor.
+
+    The one description of a Gemma 4 text model that the converter (``plan_text``), the fit
+    estimate (``g4cli.models.fit``) and the tiny-checkpoint factory (``quantize.tiny``) read.
+    """
 
     n_layer: int
     n_embd: int
@@ -78,6 +81,86 @@ class TextParams:
     def has_v(self, il: int) -> bool:
         return not (self.k_eq_v and not self.is_swa[il])
 
+    def layer(self, il: int) -> LayerLayout:
+        return LayerLayout(
+            index=il,
+            sliding=self.is_swa[il],
+            shared_kv=self.is_shared(il),
+            head_dim=self.head_dim(il),
+            n_head_kv=self.n_head_kv(il),
+            n_ff=self.ff(il),
+            has_v=self.has_v(il),
+        )
+
+    @property
+    def layers(self) -> list[LayerLayout]:
+        return [self.layer(il) for il in range(self.n_layer)]
+
+    def tensors(self) -> list[TensorSlot]:
+        """Every tensor of the text GGUF (``rope_freqs`` excepted: generated), with its HF shape."""
+        H, P, L = self.n_embd, self.ple_dim, self.n_layer
+        out = [TensorSlot("token_embd.weight", (self.vocab_size, H)), TensorSlot("output_norm.weight", (H,))]
+        if not self.tied:
+            out.append(TensorSlot("output.weight", (self.vocab_size, H)))
+        if P:  # PLE (E2B/E4B)
+            out += [
+                TensorSlot("per_layer_token_embd.weight", (self.vocab_size_ple, L * P)),
+                TensorSlot("per_layer_model_proj.weight", (L * P, H)),
+                TensorSlot("per_layer_proj_norm.weight", (P,)),
+            ]
+        for lay in self.layers:
+            out += [TensorSlot(f"blk.{lay.index}.{key}", shape, lay.index) for key, shape in self._block(lay)]
+        return out
+
+    def _block(self, lay: LayerLayout) -> list[tuple[str, tuple[int, ...]]]:
+        H, P, hd = self.n_embd, self.ple_dim, lay.head_dim
+        q, kv, ff = self.n_head * hd, lay.n_head_kv * hd, lay.n_ff
+        blk = [(f"{n}.weight", (H,)) for n in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")]
+        blk += [("attn_q.weight", (q, H)), ("attn_q_norm.weight", (hd,)), ("attn_output.weight", (H, q))]
+        if not lay.shared_kv:  # layers that own a KV cache (KV-shared ones, E2B/E4B, read another's)
+            blk += [("attn_k.weight", (kv, H)), ("attn_k_norm.weight", (hd,))]
+            if lay.has_v:  # K=V full layers (26B, 31B) have no V
+                blk.append(("attn_v.weight", (kv, H)))
+        blk += [("ffn_gate.weight", (ff, H)), ("ffn_up.weight", (ff, H)), ("ffn_down.weight", (H, ff))]
+        blk.append(("layer_output_scale.weight", (1,)))
+        if P:  # PLE (E2B/E4B)
+            blk += [("inp_gate.weight", (P, H)), ("proj.weight", (H, P)), ("post_norm.weight", (H,))]
+        if self.n_expert:  # MoE (26B-A4B)
+            E, Ie = self.n_expert, self.n_ff_expert
+            blk += [
+                ("ffn_gate_inp.weight", (E, H)),
+                ("ffn_gate_inp.scale", (H,)),
+                ("pre_ffw_norm_2.weight", (H,)),
+                ("post_ffw_norm_1.weight", (H,)),
+                ("post_ffw_norm_2.weight", (H,)),
+                ("ffn_gate_up_exps.weight", (E, 2 * Ie, H)),
+                ("ffn_down_exps.weight", (E, H, Ie)),
+                ("ffn_down_exps.scale", (E,)),
+            ]
+        return blk
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """One text layer: attention type, KV sharing, widths."""
+
+    index: int
+    sliding: bool
+    shared_kv: bool  # reads an earlier layer's KV cache (E2B/E4B)
+    head_dim: int
+    n_head_kv: int
+    n_ff: int  # doubled on E2B's KV-shared layers
+    has_v: bool  # False on K=V full-attention layers (26B-A4B, 31B)
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """A tensor of the text GGUF: its name, its shape in HF (row-major) order, its layer."""
+
+    name: str
+    shape: tuple[int, ...]
+    layer: int | None = None
+
 
 def text_config(config: dict) -> ConfigView:
     """The text part of a Gemma 4 config.json (checked to be Gemma 4)."""
@@ -112,7 +195,7 @@ def _per_layer_override(tc: ConfigView, is_swa: list[bool], key: str) -> int | N
     return values.pop() if values else None
 
 
-def text_params(config: dict) -> TextParams:
+def text_params(config: dict) -> Layout:
     """Validate a Gemma 4 config.json and derive everything the converter needs."""
     tc = text_config(config)
     n_layer = tc.int("num_hidden_layers", minimum=1)
@@ -165,7 +248,7 @@ def text_params(config: dict) -> TextParams:
 
     moe = tc.bool("enable_moe_block")
     softcap = tc.data.get("final_logit_softcapping")
-    hp = TextParams(
+    hp = Layout(
         n_layer=n_layer,
         n_embd=tc.int("hidden_size", minimum=1),
         n_ff=tc.int("intermediate_size", minimum=1),
@@ -198,7 +281,7 @@ def text_params(config: dict) -> TextParams:
     return hp
 
 
-def check_loadable(hp: TextParams) -> None:
+def check_loadable(hp: Layout) -> None:
     """Refuse layouts that llama.cpp would abort on (an assert kills the loading process)."""
     if all(hp.is_swa) or not any(hp.is_swa):
         raise ConvertError("config.json: llama.cpp needs at least one sliding and one full-attention layer")
@@ -227,7 +310,7 @@ def _k(template: str) -> str:
     return template.format(arch=ARCH)
 
 
-def gguf_kv(hp: TextParams) -> list[tuple[str, object, GGUFValueType, GGUFValueType | None]]:
+def gguf_kv(hp: Layout) -> list[tuple[str, object, GGUFValueType, GGUFValueType | None]]:
     """(key, value, type, array element type) for every gemma4.* key llama.cpp reads."""
     L, A = Keys.LLM, Keys.Attention
     kv: list[tuple[str, object, GGUFValueType, GGUFValueType | None]] = [
@@ -270,7 +353,7 @@ def gguf_kv(hp: TextParams) -> list[tuple[str, object, GGUFValueType, GGUFValueT
     return kv
 
 
-def rope_freqs(hp: TextParams) -> np.ndarray:
+def rope_freqs(hp: Layout) -> np.ndarray:
     """Frequency factors for full layers: 1 for rotated pairs, 1e30 freezes the others."""
     n_pairs = hp.head_dim_full // 2
     n_rot = int(hp.rotary_fraction_full * hp.head_dim_full // 2)
@@ -280,60 +363,9 @@ def rope_freqs(hp: TextParams) -> np.ndarray:
 # --- tensors ---------------------------------------------------------------------------------
 
 
-def expected_shapes(hp: TextParams) -> dict[str, tuple[int, ...]]:
+def expected_shapes(hp: Layout) -> dict[str, tuple[int, ...]]:
     """Every GGUF tensor the checkpoint must provide, with its HF (row-major) shape."""
-    H, P, L = hp.n_embd, hp.ple_dim, hp.n_layer
-    out: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (hp.vocab_size, H),
-        "output_norm.weight": (H,),
-    }
-    if not hp.tied:
-        out["output.weight"] = (hp.vocab_size, H)
-    if P:  # PLE (E2B/E4B)
-        out["per_layer_token_embd.weight"] = (hp.vocab_size_ple, L * P)
-        out["per_layer_model_proj.weight"] = (L * P, H)
-        out["per_layer_proj_norm.weight"] = (P,)
-    for il in range(L):
-        hd, q = hp.head_dim(il), hp.n_head * hp.head_dim(il)
-        kv = hp.n_head_kv(il) * hd
-        blk = {
-            "attn_norm": (H,),
-            "post_attention_norm": (H,),
-            "ffn_norm": (H,),
-            "post_ffw_norm": (H,),
-            "attn_q": (q, H),
-            "attn_q_norm": (hd,),
-            "attn_output": (H, q),
-            "ffn_gate": (hp.ff(il), H),
-            "ffn_up": (hp.ff(il), H),
-            "ffn_down": (H, hp.ff(il)),
-            "layer_output_scale": (1,),
-        }
-        if not hp.is_shared(il):  # layers that own a KV cache
-            blk["attn_k"] = (kv, H)
-            blk["attn_k_norm"] = (hd,)
-            if hp.has_v(il):
-                blk["attn_v"] = (kv, H)
-        if P:
-            blk.update({"inp_gate": (P, H), "proj": (H, P), "post_norm": (H,)})
-        if hp.n_expert:  # MoE (26B-A4B)
-            E, Ie = hp.n_expert, hp.n_ff_expert
-            blk.update(
-                {
-                    "ffn_gate_inp": (E, H),
-                    "pre_ffw_norm_2": (H,),
-                    "post_ffw_norm_1": (H,),
-                    "post_ffw_norm_2": (H,),
-                    "ffn_gate_up_exps": (E, 2 * Ie, H),
-                    "ffn_down_exps": (E, H, Ie),
-                }
-            )
-        for key, shape in blk.items():
-            out[f"blk.{il}.{key}.weight"] = shape
-        if hp.n_expert:
-            out[f"blk.{il}.ffn_gate_inp.scale"] = (H,)
-            out[f"blk.{il}.ffn_down_exps.scale"] = (hp.n_expert,)
-    return out
+    return {t.name: t.shape for t in hp.tensors()}
 
 
 F32_ALWAYS = re.compile(
@@ -348,38 +380,7 @@ def output_dtype(name: str, shape: tuple[int, ...], outtype: str) -> str:
     return outtype
 
 
-BYTES_PER_BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34)}  # (block, bytes)
-
-
-@dataclass
-class OutTensor:
-    """One tensor of the output GGUF: streamed from ``source``, or ``transform(source)`` loaded
-    whole when it is written (small tensors only), or given as ``data``."""
-
-    name: str
-    shape: tuple[int, ...]  # row-major (numpy) order
-    dtype: str  # F32 / F16 / BF16 / Q8_0
-    source: TensorRef | None = None
-    data: np.ndarray | None = None
-    transform: Callable[[np.ndarray], np.ndarray] | None = None
-
-    @property
-    def n_elements(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        block, size = BYTES_PER_BLOCK[self.dtype]
-        return self.n_elements // block * size
-
-
-@dataclass
-class Plan:
-    tensors: list[OutTensor]
-    dropped: list[tuple[str, str]] = field(default_factory=list)  # (source name, rule)
-
-
-def plan_text(hp: TextParams, tensors: dict[str, TensorRef], n_vocab: int, outtype: str) -> Plan:
+def plan_text(hp: Layout, tensors: dict[str, TensorRef], n_vocab: int, outtype: str) -> Plan:
     """Decide, for every source tensor, where it goes; refuse unknown, missing or misshapen ones."""
     if n_vocab > hp.vocab_size:
         raise ConvertError(f"tokenizer has {n_vocab} tokens but the embedding only {hp.vocab_size} rows")

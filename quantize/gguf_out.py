@@ -1,18 +1,24 @@
-"""Write a GGUF file by streaming tensor data, atomically (temp file beside it, then rename)."""
+"""The GGUF writer: planned tensors streamed into a file, atomically (temp file beside it, then rename).
+
+``OutTensor`` and ``Plan`` are what a family file (``gemma4.py``) or the projector (``mmproj.py``)
+plans; ``write_gguf`` writes them.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
-from g4cli.errors import OutputError, describe_os_error
-from quantize.safetensors_io import convert_raw, iter_raw, load
+from g4cli.errors import OutputError
+from g4cli.fsutil import atomic_output
+from quantize.safetensors_io import TensorRef, convert_raw, iter_raw, load
 
 ALIGNMENT = 32  # GGUF default
 GGML_TYPES = {
@@ -24,33 +30,36 @@ GGML_TYPES = {
 Progress = Callable[[int, int], None]
 KV = tuple[str, object, GGUFValueType, GGUFValueType | None]
 
-PARTIAL_SUFFIX = ".g4-partial"
+
+BYTES_PER_BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34)}  # (block, bytes)
 
 
-def partial_path(path: Path) -> Path:
-    """The temporary name an artifact is written under before it is renamed into place."""
-    return path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+@dataclass
+class OutTensor:
+    """One tensor of the output GGUF: streamed from ``source``, or ``transform(source)`` loaded
+    whole when it is written (small tensors only), or given as ``data``."""
+
+    name: str
+    shape: tuple[int, ...]  # row-major (numpy) order
+    dtype: str  # F32 / F16 / BF16 / Q8_0
+    source: TensorRef | None = None
+    data: np.ndarray | None = None
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        block, size = BYTES_PER_BLOCK[self.dtype]
+        return self.n_elements // block * size
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it into place on success, delete it otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: output directory does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{parent}: output directory is not writable")
-    tmp = partial_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(describe_os_error(e, str(path))) from e
-    finally:
-        tmp.unlink(missing_ok=True)
+@dataclass
+class Plan:
+    tensors: list[OutTensor]
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (source name, rule)
 
 
 def _encode(arr: np.ndarray, dtype: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from g4cli.errors import QuantizeError, UsageError
-from quantize.gguf_out import atomic_output
+from g4cli.fsutil import atomic_output
 
 # name -> llama_ftype (llama.h). No i-quants that need an importance matrix.
 QUANT_TYPES: dict[str, int] = {

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from g4cli.errors import CheckpointError
+from g4cli.fsutil import atomic_output
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors spec's own limit
 CHUNK_BYTES = 16 * 1024 * 1024
@@ -218,22 +219,15 @@ def write(
         offset += s.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for s in specs:
-                written = 0
-                raw_dtype = DTYPES[s.dtype][1]
-                for chunk in fill(s):
-                    data = np.ascontiguousarray(chunk, dtype=raw_dtype)
-                    f.write(data.tobytes())
-                    written += data.nbytes
-                if written != s.nbytes:
-                    raise ValueError(f"{s.name}: wrote {written} bytes, expected {s.nbytes}")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for s in specs:
+            written = 0
+            raw_dtype = DTYPES[s.dtype][1]
+            for chunk in fill(s):
+                data = np.ascontiguousarray(chunk, dtype=raw_dtype)
+                f.write(data.tobytes())
+                written += data.nbytes
+            if written != s.nbytes:
+                raise ValueError(f"{s.name}: wrote {written} bytes, expected {s.nbytes}")

@@ -2,7 +2,8 @@
 
 Each entry: (HF name after the text prefix, GGUF name, where it comes from). ``{bid}`` stands for
 a layer index. The HF names are transformers 5.23's module paths (``Gemma4TextModel``); GGUF
-names are llama.cpp's (``LLM_ARCH_GEMMA4``). Checked by ``tests/test_tensor_map.py``.
+names are llama.cpp's (``LLM_ARCH_GEMMA4``). Checked by ``tests/test_gemma4_family.py`` and
+``tests/test_convert.py``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,21 @@ def gguf_name(hf_name: str) -> tuple[str, int | None] | None:
             bid = m.groupdict().get("bid")
             return (target.format(bid=bid) if bid is not None else target), (int(bid) if bid else None)
     return None
+
+
+@cache
+def _reverse() -> list[tuple[re.Pattern[str], str]]:
+    return [(_compile(gg), hf) for hf, gg, _ in TEXT_TENSORS]
+
+
+def hf_name(gguf: str, prefix: str = TEXT_PREFIXES[0]) -> str:
+    """GGUF tensor name -> the HF name it comes from (for writing checkpoints, e.g. the tiny ones)."""
+    for pattern, source in _reverse():
+        m = pattern.match(gguf)
+        if m:
+            rel = source.format(**m.groupdict())
+            return rel if rel == "lm_head.weight" else prefix + rel
+    raise KeyError(f"no HF name for GGUF tensor {gguf!r}")
 
 
 def drop_rule(hf_name: str) -> str | None:

@@ -13,18 +13,18 @@ embeddings with std 1/sqrt(hidden), final norm ~3, q/k norms ~head_dim^-0.25, ro
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from g4cli import fsutil
+from quantize import gemma4, tensor_map, tiny_tokenizer
 from quantize import safetensors_io as st
-from quantize import tiny_tokenizer
-from quantize.mmproj import BLOCK_NORMS, audio_tensors, vision_tensors
+from quantize.mmproj import audio_tensors, vision_tensors
 
 S, F = "sliding_attention", "full_attention"
 
@@ -253,71 +253,15 @@ def make_config(family: str, *, legacy: bool = False, dtype: str = "F32", text: 
 # --- tensor names and shapes (as transformers 5.23 names its modules) ------------------------
 
 
-def text_tensors(tc: dict) -> list[tuple[str, tuple[int, ...]]]:
-    H, L, P = tc["hidden_size"], tc["num_hidden_layers"], tc["hidden_size_per_layer_input"]
-    types = tc["layer_types"]
-    first_shared = L - tc["num_kv_shared_layers"]
-    plc = tc.get("per_layer_config", {})
-    gl_hd = tc.get("global_head_dim") or next((v["head_dim"] for v in plc.values() if "head_dim" in v), None)
-    gl_kv = tc.get("num_global_key_value_heads") or next(
-        (v["num_key_value_heads"] for v in plc.values() if "num_key_value_heads" in v), tc["num_key_value_heads"]
-    )
-    p = "model.language_model."
-    out = [(p + "embed_tokens.weight", (tc["vocab_size"], H))]
-    for i in range(L):
-        b = f"{p}layers.{i}."
-        full = types[i] == F
-        hd = gl_hd if full else tc["head_dim"]
-        kv = (gl_kv if full and tc["attention_k_eq_v"] else tc["num_key_value_heads"]) * hd
-        q = tc["num_attention_heads"] * hd
-        ff = tc["intermediate_size"] * (2 if tc["use_double_wide_mlp"] and i >= first_shared else 1)
-        out += [
-            (b + "layer_scalar", (1,)),
-            (b + "self_attn.q_proj.weight", (q, H)),
-            (b + "self_attn.q_norm.weight", (hd,)),
-        ]
-        if i < first_shared:
-            out += [(b + "self_attn.k_norm.weight", (hd,)), (b + "self_attn.k_proj.weight", (kv, H))]
-            if not (full and tc["attention_k_eq_v"]):
-                out.append((b + "self_attn.v_proj.weight", (kv, H)))
-        out += [
-            (b + "self_attn.o_proj.weight", (H, q)),
-            (b + "mlp.gate_proj.weight", (ff, H)),
-            (b + "mlp.up_proj.weight", (ff, H)),
-            (b + "mlp.down_proj.weight", (H, ff)),
-        ]
-        out += [(b + n + ".weight", (H,)) for n in BLOCK_NORMS]
-        if P:
-            out += [
-                (b + "per_layer_input_gate.weight", (P, H)),
-                (b + "per_layer_projection.weight", (H, P)),
-                (b + "post_per_layer_input_norm.weight", (H,)),
-            ]
-        if tc["enable_moe_block"]:
-            E, Ie = tc["num_experts"], tc["moe_intermediate_size"]
-            out += [
-                (b + "router.scale", (H,)),
-                (b + "router.per_expert_scale", (E,)),
-                (b + "router.proj.weight", (E, H)),
-                (b + "experts.gate_up_proj", (E, 2 * Ie, H)),
-                (b + "experts.down_proj", (E, H, Ie)),
-                (b + "post_feedforward_layernorm_1.weight", (H,)),
-                (b + "post_feedforward_layernorm_2.weight", (H,)),
-                (b + "pre_feedforward_layernorm_2.weight", (H,)),
-            ]
-    out.append((p + "norm.weight", (H,)))
-    if P:
-        out += [
-            (p + "embed_tokens_per_layer.weight", (tc["vocab_size_per_layer_input"], L * P)),
-            (p + "per_layer_model_projection.weight", (L * P, H)),
-            (p + "per_layer_projection_norm.weight", (P,)),
-        ]
-    return out
+def text_tensors(cfg: dict, layout: gemma4.Layout | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """The text model's tensors under their HF names, from the converter's own ``Layout``."""
+    hp = layout or gemma4.text_params(cfg)
+    return [(tensor_map.hf_name(t.name), t.shape) for t in hp.tensors()]
 
 
 def all_tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     tc = cfg["text_config"]
-    out = text_tensors(tc)
+    out = text_tensors(cfg)
     if cfg.get("vision_config"):
         out += vision_tensors(cfg["vision_config"], tc["hidden_size"])
     if cfg.get("audio_config"):
@@ -436,10 +380,10 @@ def make_checkpoint(
         cfg["audio_config"] = None
     tc = cfg["text_config"]
     tensors = all_tensors(cfg)
-    if kv_on_shared_layers and tc["num_kv_shared_layers"]:
-        full = {**tc, "num_kv_shared_layers": 0}
+    if kv_on_shared_layers and tc["num_kv_shared_layers"]:  # as the original releases carry them
+        unshared = dataclasses.replace(gemma4.text_params(cfg), n_kv_shared=0)
         have = {n for n, _ in tensors}
-        tensors += [(n, s) for n, s in text_tensors(full) if n not in have]
+        tensors += [(n, s) for n, s in text_tensors(cfg, unshared) if n not in have]
     if only:
         tensors = [(n, s) for n, s in tensors if any(o in n for o in only)]
 
@@ -524,6 +468,4 @@ def processor_config(cfg: dict) -> dict:
 
 
 def _write_json(path: Path, data: object, compact: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(data, indent=None if compact else 2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    fsutil.write_json(path, data, indent=None if compact else 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from g4cli.answer import AnswerPrinter, split_blocks
+from g4cli.chat.printer import AnswerPrinter, split_blocks
 
 
 def test_blank_lines_end_blocks_but_not_inside_code_fences() -> None:

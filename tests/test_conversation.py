@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from g4cli.conversation import ChannelSplitter, Turn, escape_placeholders, to_template_messages
+from g4cli.chat.conversation import ChannelSplitter, Turn, escape_placeholders, to_template_messages
 
 
 def _run(stream: list[tuple[str | None, bytes]]) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from media_files import SENTENCE, long_clip, read_wav, resample
 
-from g4cli import media
+from g4cli.chat import media
 from g4cli.errors import MediaError
 
 

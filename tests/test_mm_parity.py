@@ -22,7 +22,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def models(tiny, gguf):
-    from g4cli.runtime import Model
+    from g4cli.chat.runtime.model import Model
 
     opened = {}
 
@@ -65,7 +65,7 @@ def _features(pcm):
 
 @pytest.mark.parametrize("family", ["e2b", "26b-a4b"])
 def test_image_embeddings(models, tiny, media_dir, family) -> None:
-    from g4cli import media
+    from g4cli.chat import media
 
     ours = models(family).encode_media(media.load(media_dir["aligned"]))
     pixel_values, positions = _pixels(media_dir["aligned"])
@@ -77,7 +77,7 @@ def test_image_embeddings(models, tiny, media_dir, family) -> None:
 
 @pytest.mark.parametrize("family", ["e2b", "e4b"])
 def test_audio_embeddings(models, tiny, media_dir, family) -> None:
-    from g4cli import media
+    from g4cli.chat import media
 
     clip = media.load(media_dir["speech"])
     ours = models(family).encode_media(clip)
@@ -91,8 +91,8 @@ def test_audio_embeddings(models, tiny, media_dir, family) -> None:
 def test_logits_after_a_media_prompt(models, tiny, media_dir, family, kind) -> None:
     from transformers import AutoTokenizer
 
-    from g4cli import media
-    from g4cli.conversation import Turn
+    from g4cli.chat import media
+    from g4cli.chat.conversation import Turn
 
     model = models(family)
     att = media.load(media_dir["aligned" if kind == "image" else "speech"])
@@ -131,8 +131,8 @@ def test_logits_after_a_media_prompt(models, tiny, media_dir, family, kind) -> N
 
 @pytest.mark.parametrize("bug", ["GELU-quick instead of tanh GELU", "per_dim_scale without softplus"])
 def test_parity_check_rejects_projector_bugs(tiny, tmp_path, monkeypatch, media_dir, bug) -> None:
-    from g4cli import media
-    from g4cli.runtime import Model
+    from g4cli.chat import media
+    from g4cli.chat.runtime.model import Model
     from quantize import mmproj
     from quantize.converter import convert
 

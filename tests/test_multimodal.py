@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from media_files import audio_tokens, image_tokens
 
-from g4cli import media
-from g4cli.conversation import Sampling, Turn
+from g4cli.chat import media
+from g4cli.chat.conversation import Turn
+from g4cli.chat.runtime.model import Model, projector_capabilities
+from g4cli.chat.settings import Sampling
 from g4cli.errors import CapabilityError, MediaError
-from g4cli.runtime import Model, projector_capabilities
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +75,22 @@ def test_audio_on_a_model_without_audio_encoder_is_a_capability_error(m31b, gguf
     mmproj = gguf("31b", "Q8_0").with_name("mmproj-31b-Q8_0.gguf")
     assert projector_capabilities(mmproj) == {"vision"}  # read from the header, nothing loaded
     clip = media.load(media_dir["speech"])
-    before = list(m31b._units)
+    before = list(m31b.sequences[0].units)
     with pytest.raises(CapabilityError, match="cannot take audio"):
         list(m31b.generate([Turn("user", "hi", [clip])]))
-    assert m31b._units == before  # nothing was evaluated
+    assert m31b.sequences[0].units == before  # nothing was evaluated
     _generate(m31b, [Turn("user", "hi", [media.load(media_dir["alpha"])])])  # images still work
 
 
 def test_a_failed_attachment_leaves_the_conversation_usable(e2b, media_dir, tmp_path) -> None:
     turns = [Turn("user", "Describe.", [media.load(media_dir["alpha"])])]
     _generate(e2b, turns)
-    state = (list(e2b._units), e2b.n_past)
+    state = (list(e2b.sequences[0].units), e2b.sequences[0].n_past)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(media_dir["photo"].read_bytes()[:5000])
     with pytest.raises(MediaError):
         media.load(bad)
-    assert (list(e2b._units), e2b.n_past) == state
+    assert (list(e2b.sequences[0].units), e2b.sequences[0].n_past) == state
     turns += [Turn("assistant", "fine"), Turn("user", "More?")]
     assert _generate(e2b, turns).prompt_eval_tokens < 30
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from g4cli.conversation import Sampling
+from g4cli.chat.runtime.model import Model
+from g4cli.chat.session import Session
+from g4cli.chat.settings import Sampling
 from g4cli.errors import G4Error, UsageError
-from g4cli.runtime import Model
-from g4cli.session import Session
 
 
 @pytest.fixture(scope="module")

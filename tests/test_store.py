@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import g4_executable
 
-from g4cli import catalog, fit, store
 from g4cli.errors import ModelBusy, ModelNotFound, UsageError
+from g4cli.models import catalog, fit, store
 
 
 @pytest.fixture(scope="session")
@@ -181,7 +181,7 @@ def test_names_cannot_leave_the_store(name: str) -> None:
 
 @pytest.mark.parametrize("model", catalog.MODELS, ids=lambda m: m.name)
 def test_the_catalog_says_what_each_family_can_do(tiny, model: catalog.Model) -> None:
-    from g4cli.pull import capabilities
+    from g4cli.models.pull import capabilities
     from quantize.checkpoint import open_checkpoint
 
     found = capabilities(open_checkpoint(tiny(model.name)))
@@ -246,7 +246,8 @@ def test_kv_cache_estimate_is_what_llama_cpp_allocates(gguf, tiny, family: str) 
     import json
     import re
 
-    from g4cli.runtime import LOG, Model
+    from g4cli.chat.runtime.llama_log import LOG
+    from g4cli.chat.runtime.model import Model
     from quantize.gemma4 import text_params
 
     hp = text_params(json.loads((tiny(family) / "config.json").read_text()))

@@ -68,7 +68,7 @@ CONVERSATIONS = [
 def test_chat_template_in_gguf_renders_like_transformers(pair, gguf, messages, thinking: bool) -> None:
     from gguf import GGUFReader
 
-    from g4cli.chat_template import render
+    from g4cli.chat.template import render
 
     hf, _ = pair
     template = GGUFReader(gguf("e2b", "F32")).fields["tokenizer.chat_template"].contents()
@@ -81,7 +81,7 @@ def test_chat_template_in_gguf_renders_like_transformers(pair, gguf, messages, t
 
 
 def test_template_sandbox_refuses_escapes() -> None:
-    from g4cli.chat_template import render
+    from g4cli.chat.template import render
     from g4cli.errors import RuntimeFailure
 
     evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}"

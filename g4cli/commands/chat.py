@@ -87,51 +87,36 @@ def chat(
       g4 chat e2b --audio meeting.m4a "List the action items" --json
       g4 chat e4b --mic                         # speak, get the answer on stdout
     """
-    import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/runtime.py)
+    import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/chat/runtime/model.py)
 
-    from g4cli import chatmode
+    from g4cli.chat import oneshot
+    from g4cli.chat.select import choose_from_args
+    from g4cli.chat.settings import ChatOptions, LoadOptions, MicOptions, Sampling
     from g4cli.errors import UsageError
 
-    if model is not None and prompt is None and not _is_model(model):
-        model, prompt = None, model  # `g4 chat "question"`: the default model answers
-    opts = chatmode.Options(
+    given = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p}
+    given["repeat_penalty"] = repeat_penalty
+    opts = ChatOptions(
+        sampling=Sampling(
+            **{k: v for k, v in given.items() if v is not None}, seed=seed, max_tokens=max_tokens, think=think
+        ),
+        load=LoadOptions(ctx=ctx, threads=threads, gpu_layers=gpu_layers, mmproj=mmproj),
+        mic=MicOptions(input_device=input_device, silence=silence, max_seconds=max_seconds, save_audio=save_audio),
         image=image or [],
         audio=audio or [],
-        mic=mic,
+        record=mic,
         system=system,
-        think=think,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        repeat_penalty=repeat_penalty,
-        seed=seed,
-        max_tokens=max_tokens,
-        ctx=ctx,
-        gpu_layers=gpu_layers,
-        threads=threads,
-        mmproj=mmproj,
         json=json_out,
         verbose=verbose,
-        input_device=input_device,
-        silence=silence,
-        max_seconds=max_seconds,
-        save_audio=save_audio,
         history=not no_history,
-    )
-    opts.validate()
+    ).validate()
+    choice, prompt = choose_from_args(model, prompt, mmproj)  # `g4 chat "question"`: the default model
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and prompt is None and not json_out and not mic
     if interactive:
-        from g4cli import repl
+        from g4cli.chat import repl
 
-        repl.run(model, opts)
+        repl.run(choice, opts)
         return
     if json_out and sys.stdout.isatty() and prompt is None and sys.stdin.isatty() and not mic:
         raise UsageError("--json needs a PROMPT or piped input")
-    chatmode.one_shot(model, prompt, opts)
-
-
-def _is_model(text: str) -> bool:
-    from g4cli.choose import looks_like_model
-
-    return looks_like_model(text)
+    oneshot.one_shot(choice, prompt, opts)

@@ -42,7 +42,7 @@ def convert(
       g4 convert ./gemma-4-31B-it --quant q8_0 -o 31b-q8.gguf
       g4 convert ./gemma-4-E2B-it --quant bf16     # no quantization
     """
-    from g4cli.render import ByteProgress, answer, human_bytes, info
+    from g4cli.render import ByteProgress, human_bytes, info, out
     from quantize.converter import convert as run_convert
     from quantize.llama_quant import parse_type
 
@@ -61,4 +61,4 @@ def convert(
     info(f"wrote {result.text} ({qtype}, {human_bytes(size)}, {result.n_tensors} tensors)")
     if result.mmproj is not None:
         info(f"wrote {result.mmproj} (projector, {human_bytes(result.mmproj.stat().st_size)})")
-    answer(f"{result.text}\n" + (f"{result.mmproj}\n" if result.mmproj else ""))
+    out(f"{result.text}\n" + (f"{result.mmproj}\n" if result.mmproj else ""))

@@ -16,12 +16,12 @@ def devices(json_out: JsonOpt = False) -> None:
     """
     import json
 
-    from g4cli.mic import input_devices
-    from g4cli.render import answer, info
+    from g4cli.chat.mic import input_devices
+    from g4cli.render import info, out
 
     found = input_devices()
     if json_out:
-        answer(json.dumps(found, indent=2) + "\n")
+        out(json.dumps(found, indent=2) + "\n")
         return
     if not found:
         info("no audio input device")
@@ -29,4 +29,4 @@ def devices(json_out: JsonOpt = False) -> None:
     for d in found:
         mark = "*" if d["default"] else " "
         rate = f"{d['default_samplerate']:.0f} Hz"
-        answer(f"{mark} {d['index']:>3}  {d['name']}  ({d['channels']} ch, {rate}, {d['hostapi']})\n")
+        out(f"{mark} {d['index']:>3}  {d['name']}  ({d['channels']} ch, {rate}, {d['hostapi']})\n")

@@ -20,13 +20,12 @@ def doctor() -> None:
     import typer
 
     from g4cli import doctor as checks
-    from g4cli.answer import colors_ok
-    from g4cli.render import answer
+    from g4cli.render import colors_ok, out
 
     results = checks.run()
     color = colors_ok(sys.stdout)
     for c in results:
         mark = ("\x1b[32m✓\x1b[0m" if c.ok else "\x1b[31m✗\x1b[0m") if color else ("ok  " if c.ok else "FAIL")
-        answer(f"{mark} {c.name:<20} {c.detail}\n")
+        out(f"{mark} {c.name:<20} {c.detail}\n")
     if not all(c.ok for c in results):
         raise typer.Exit(1)

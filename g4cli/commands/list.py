@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from g4cli.options import JsonOpt
 
 if TYPE_CHECKING:
-    from g4cli.store import ModelEntry
+    from g4cli.models.store import ModelEntry
 
 
 def list(json: JsonOpt = False) -> None:
@@ -21,12 +21,12 @@ def list(json: JsonOpt = False) -> None:
     """
     import json as jsonlib
 
-    from g4cli import catalog, store
-    from g4cli.render import answer, human_bytes, info
+    from g4cli.models import catalog, store
+    from g4cli.render import human_bytes, info, out
 
     models = store.list_models()
     if json:
-        answer(jsonlib.dumps([row(e) for e in models], indent=2) + "\n")
+        out(jsonlib.dumps([row(e) for e in models], indent=2) + "\n")
         return
     if not models:
         known = ", ".join(f"{m.name} ({m.about})" for m in catalog.MODELS)
@@ -36,7 +36,7 @@ def list(json: JsonOpt = False) -> None:
     for e in models:
         table.append((e.name, e.quant.lower(), human_bytes(e.size), " ".join(e.capabilities) or "-", str(e.gguf)))
     widths = [max(len(r[i]) for r in table) for i in range(4)]
-    answer("".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + f"  {r[4]}\n" for r in table))
+    out("".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + f"  {r[4]}\n" for r in table))
 
 
 def row(e: ModelEntry) -> dict:

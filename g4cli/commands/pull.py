@@ -49,8 +49,8 @@ def pull(
       g4 pull google/gemma-4-31B-it --revision main --remove-download
       g4 pull ./my-finetune --name tuned -q q5_k_m
     """
-    from g4cli.pull import pull as run_pull
-    from g4cli.render import answer, info
+    from g4cli.models.pull import pull as run_pull
+    from g4cli.render import info, out
 
     result = run_pull(
         model,
@@ -64,4 +64,4 @@ def pull(
     )
     if result.already:
         info(f"{result.entry.tag} is already pulled ({result.entry.dir})")
-    answer(f"{result.entry.gguf}\n")
+    out(f"{result.entry.gguf}\n")

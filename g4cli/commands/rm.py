@@ -24,8 +24,8 @@ def rm(
       g4 rm e4b:q8_0
       g4 rm 31b --yes
     """
-    from g4cli import store
     from g4cli.errors import UsageError
+    from g4cli.models import store
     from g4cli.render import human_bytes, info
 
     found = store.matching(name)

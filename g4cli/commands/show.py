@@ -9,7 +9,7 @@ import typer
 from g4cli.options import JsonOpt
 
 if TYPE_CHECKING:
-    from g4cli.store import ModelEntry
+    from g4cli.models.store import ModelEntry
 
 
 def show(
@@ -26,14 +26,14 @@ def show(
     """
     import json as jsonlib
 
-    from g4cli import store
-    from g4cli.render import answer
+    from g4cli.models import store
+    from g4cli.render import out
 
     e = store.resolve(name)
     if json:
-        answer(jsonlib.dumps({**e.manifest, "tag": e.tag, "path": str(e.dir)}, indent=2) + "\n")
+        out(jsonlib.dumps({**e.manifest, "tag": e.tag, "path": str(e.dir)}, indent=2) + "\n")
         return
-    answer("".join(f"{k:<14}{v}\n" for k, v in lines(e)))
+    out("".join(f"{k:<14}{v}\n" for k, v in lines(e)))
 
 
 def lines(e: ModelEntry) -> list[tuple[str, str]]:

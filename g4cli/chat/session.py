@@ -8,21 +8,22 @@ the conversation as it was.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from g4cli import media as media_mod
-from g4cli.conversation import Event, Sampling, Stats, Turn
-from g4cli.errors import G4Error, MediaError, UsageError
+from g4cli.chat import media as media_mod
+from g4cli.chat.conversation import ChatModel, Event, Stats, Turn
+from g4cli.chat.settings import Sampling
+from g4cli.errors import G4Error, MediaError, RuntimeFailure, UsageError
 
 SAVE_VERSION = 1
+ANSWER_RESERVE = 1024  # tokens kept free for the answer when fitting a long conversation
 
 
 @dataclass
-class Answer:
+class Reply:
     """What one ``send`` produced."""
 
     text: str = ""
@@ -33,8 +34,8 @@ class Answer:
 
 
 class Session:
-    def __init__(self, model: Any, *, system: str | None = None, sampling: Sampling | None = None) -> None:
-        self.model = model  # g4cli.runtime.Model (or anything with generate/check_media)
+    def __init__(self, model: ChatModel, *, system: str | None = None, sampling: Sampling | None = None) -> None:
+        self.model = model
         self.system = system
         self.sampling = sampling or Sampling()
         self.turns: list[Turn] = []
@@ -46,8 +47,7 @@ class Session:
     def attach(self, source: str | Path, kind: str | None = None, stdin: bytes | None = None) -> media_mod.Media:
         """Decode an attachment for the next message; refuse what the model cannot take."""
         m = media_mod.load(source, kind, stdin=stdin)  # type: ignore[arg-type]
-        self.model.check_media([m])
-        self.pending.append(m)
+        self.attach_media(m)
         return m
 
     def attach_media(self, m: media_mod.Media) -> None:
@@ -60,42 +60,61 @@ class Session:
         head = [Turn("system", self.system)] if self.system else []
         return head + self.turns + extra
 
-    def send(self, text: str, answer: Answer | None = None) -> Iterator[Event]:
+    def fit(self, turns: list[Turn]) -> tuple[list[Turn], int]:
+        """Drop the oldest turns (never the system prompt or the last one) until the prompt and
+        room for the answer fit the context; returns the turns kept and how many were dropped."""
+        n_ctx = self.model.n_ctx
+        reserve = min(self.sampling.max_tokens or ANSWER_RESERVE, ANSWER_RESERVE, n_ctx // 4)
+        turns = list(turns)
+        dropped = 0
+        while True:
+            n = self.model.prompt_tokens(turns, self.sampling.think)
+            if n + reserve <= n_ctx:
+                return turns, dropped
+            first = 1 if turns and turns[0].role == "system" else 0
+            if len(turns) - first <= 1:
+                raise RuntimeFailure(
+                    f"the message ({n} tokens) does not fit the context ({n_ctx} tokens); use --ctx to enlarge it"
+                )
+            del turns[first]
+            dropped += 1
+
+    def send(self, text: str, reply: Reply | None = None) -> Iterator[Event]:
         """Send a user message (with the pending attachments) and stream the answer.
 
         The exchange is added to the conversation when the stream ends; if it is interrupted
-        (Ctrl-C, or the stream is closed early), the partial answer is kept. ``answer``
-        (optional) collects the result.
+        (Ctrl-C, or the stream is closed early), the partial answer is kept, and so are its
+        stats (marked interrupted). ``reply`` (optional) collects the result.
         """
-        answer = answer if answer is not None else Answer()
+        reply = reply if reply is not None else Reply()
         user = Turn("user", text, list(self.pending))
-        turns = self._all_turns([user])
-        try:  # the model refuses media it cannot take before it does any work
-            for ev in self.model.generate(turns, self.sampling):
+        turns, dropped = self.fit(self._all_turns([user]))
+        reply.stats.dropped_turns = dropped
+        if dropped:
+            yield Event("notice", f"context full: dropped the {dropped} oldest turn(s)")
+        try:
+            for ev in self.model.generate(turns, self.sampling, reply.stats):
                 if ev.kind == "text":
-                    answer.text += ev.text
+                    reply.text += ev.text
                 elif ev.kind == "thought":
-                    answer.thought += ev.text
+                    reply.thought += ev.text
                 elif ev.kind == "done":
-                    answer.finish, answer.stats = ev.finish, ev.stats or Stats()
-                    self._forget_oldest(answer.stats.dropped_turns)
+                    reply.finish = ev.finish
                 yield ev
         except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C, or the reader stopped reading
-            answer.interrupted, answer.finish = True, "interrupted"
-            if answer.text or answer.thought:
-                self._record(user, answer)
+            reply.interrupted, reply.finish = True, "interrupted"
+            reply.stats.interrupted = True
+            self.last_stats = reply.stats
+            if reply.text or reply.thought:
+                self._record(user, reply, dropped)
             raise
-        self._record(user, answer)
+        self._record(user, reply, dropped)
 
-    def _record(self, user: Turn, answer: Answer) -> None:
-        self.turns += [user, Turn("assistant", answer.text, thought=answer.thought or None)]
+    def _record(self, user: Turn, reply: Reply, dropped: int) -> None:
+        del self.turns[:dropped]  # what the fit dropped is forgotten here too (the system prompt is apart)
+        self.turns += [user, Turn("assistant", reply.text, thought=reply.thought or None)]
         self.pending = []
-        self.last_stats = answer.stats
-
-    def _forget_oldest(self, n: int) -> None:
-        """The runtime dropped ``n`` oldest turns to fit the context: forget them here too."""
-        if n:
-            del self.turns[:n]
+        self.last_stats = reply.stats
 
     def regen(self) -> str:
         """Remove the last answer; return the user message to send again (its media re-pended)."""
@@ -129,14 +148,9 @@ class Session:
         }
 
     def save(self, path: Path, model_name: str) -> None:
-        path = Path(path).expanduser()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            tmp.write_text(json.dumps(self.to_json(model_name), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise G4Error(f"{path}: cannot save ({e.strerror or e})") from None
+        from g4cli import fsutil
+
+        fsutil.write_json(Path(path).expanduser(), self.to_json(model_name), error=G4Error)
 
     def load(self, path: Path) -> list[str]:
         """Replace the conversation with a saved one; returns warnings (attachments not restored).

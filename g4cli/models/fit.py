@@ -17,16 +17,18 @@ Computed before any weight is downloaded:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from g4cli.catalog import DEFAULT_CTX
+from g4cli.models.catalog import DEFAULT_CTX
+from quantize.gemma4 import F32_ALWAYS
 
 if TYPE_CHECKING:
-    from quantize.gemma4 import TextParams
+    from quantize.gemma4 import Layout
 
 # bits per weight of each ggml type
 BITS = {
@@ -105,34 +107,43 @@ class Estimate:
         return self.intermediate + self.text + self.projector
 
 
-def _text_roles(hp: TextParams) -> tuple[list[tuple[str, int, int]], int]:
+def _role(name: str, shape: tuple[int, ...]) -> str:
+    """Which of llama.cpp's quantization rules a text tensor falls under."""
+    if len(shape) <= 1 or F32_ALWAYS.search(name):
+        return "float"
+    if name in ("token_embd.weight", "output.weight"):
+        return "embeddings"  # the output matrix (tied or not) is typed like the token embeddings
+    if name == "per_layer_token_embd.weight":
+        return "ple"
+    if name == "per_layer_model_proj.weight":
+        return "source"  # llama.cpp leaves it as it is
+    kind = name.split(".")[2] if name.startswith("blk.") else ""
+    return {
+        "attn_k": "attn_k",
+        "attn_v": "attn_v",
+        "attn_output": "attn_output",
+        "ffn_down": "ffn_down",
+        "ffn_gate_up_exps": "experts",
+        "ffn_down_exps": "experts_down",
+    }.get(kind, "default")
+
+
+def _text_roles(hp: Layout) -> tuple[list[tuple[str, int, int]], int]:
     """(role, parameters, layer or attn_v index) for every text tensor of a GGUF; the attn_v count."""
-    H, L = hp.n_embd, hp.n_layer
-    out = [("embeddings", hp.vocab_size * H, 0), ("float", H, 0)]  # token_embd, output_norm
-    if not hp.tied:
-        out.append(("embeddings", hp.vocab_size * H, 0))  # a separate output matrix is typed like it
-    if hp.ple_dim:  # PLE (E2B/E4B): the table, and the model projection llama.cpp leaves as it is
-        out += [("ple", hp.vocab_size_ple * L * hp.ple_dim, 0), ("source", L * hp.ple_dim * H, 0)]
-    n_v = sum(1 for il in range(L) if not hp.is_shared(il) and hp.has_v(il))
+    out: list[tuple[str, int, int]] = []
     v = 0
-    for il in range(L):
-        hd, ff = hp.head_dim(il), hp.ff(il)
-        out += [("default", hp.n_head * hd * H, il), ("attn_output", H * hp.n_head * hd, il)]
-        if not hp.is_shared(il):  # KV-shared layers (E2B/E4B) have no K/V of their own
-            out.append(("attn_k", hp.n_head_kv(il) * hd * H, il))
-            if hp.has_v(il):  # K=V full layers (26B, 31B) have no V
-                out.append(("attn_v", hp.n_head_kv(il) * hd * H, v))
-                v += 1
-        out += [("default", 2 * ff * H, il), ("ffn_down", ff * H, il), ("float", 6 * H + 2 * hd, il)]
-        if hp.ple_dim:
-            out.append(("default", 2 * hp.ple_dim * H, il))
-        if hp.n_expert:  # MoE (26B-A4B)
-            E, Ie = hp.n_expert, hp.n_ff_expert
-            out += [("float", E * H + E + 4 * H, il), ("experts", E * 2 * Ie * H, il), ("experts_down", E * H * Ie, il)]
-    return out, n_v
+    for t in hp.tensors():
+        role = _role(t.name, t.shape)
+        if role == "attn_v":  # llama.cpp counts its "more bits" attn_v layers among attn_v tensors
+            out.append((role, math.prod(t.shape), v))
+            v += 1
+        else:
+            out.append((role, math.prod(t.shape), t.layer or 0))
+    out.append(("float", hp.head_dim_full // 2, 0))  # rope_freqs
+    return out, v
 
 
-def text_size(hp: TextParams, quant: str, source_type: str) -> tuple[int, int, int]:
+def text_size(hp: Layout, quant: str, source_type: str) -> tuple[int, int, int]:
     """(GGUF bytes, of which PLE table bytes, parameter count) of the text model at ``quant``."""
     roles, n_v = _text_roles(hp)
     L = hp.n_layer
@@ -168,7 +179,7 @@ def text_size(hp: TextParams, quant: str, source_type: str) -> tuple[int, int, i
     return int(total), int(ple), int(params)
 
 
-def kv_cache_bytes(hp: TextParams, ctx: int = DEFAULT_CTX) -> int:
+def kv_cache_bytes(hp: Layout, ctx: int = DEFAULT_CTX) -> int:
     """The F16 KV cache llama.cpp allocates for ``g4 chat`` (checked against its own log).
 
     Every layer that keeps its own cache (KV-shared layers reuse another's) gets ``ctx`` cells

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from functools import cache, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from g4cli.chat.conversation import PLACEHOLDERS, to_template_messages
 from g4cli.errors import RuntimeFailure
+
+if TYPE_CHECKING:
+    from g4cli.chat.conversation import Turn
+
+_SLOT = re.compile("|".join(map(re.escape, PLACEHOLDERS)))
 
 
 @cache
@@ -60,3 +67,20 @@ def render(
         )
     except TemplateError as e:
         raise RuntimeFailure(f"chat template cannot be rendered: {e}") from e
+
+
+def prompt_text(template: str, turns: list[Turn], *, think: bool, bos: str, marker: str) -> str:
+    """The prompt for ``turns``, with ``marker`` where each media item goes (one per audio piece)."""
+    text = render(
+        template, to_template_messages(turns), add_generation_prompt=True, enable_thinking=think, bos_token=bos
+    )
+    media = [m for t in turns for m in t.media]
+    slots = list(_SLOT.finditer(text))
+    if len(slots) != len(media):
+        raise RuntimeFailure(f"chat template placed {len(slots)} media slots for {len(media)} attachments")
+    out, last = [], 0
+    for slot, m in zip(slots, media):  # an audio file split in pieces takes one marker a piece
+        out += [text[last : slot.start()], marker * max(1, len(m.pieces)) if m.kind == "audio" else marker]
+        last = slot.end()
+    out.append(text[last:])
+    return "".join(out)

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from g4cli import catalog
 from g4cli.errors import ModelBusy, ModelNotFound, UsageError
+from g4cli.models import catalog
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.gguf"
@@ -256,14 +256,9 @@ def clear(directory: Path) -> None:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    from quantize.gguf_out import atomic_output
+    from g4cli import fsutil
 
-    with atomic_output(directory / MANIFEST) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+    fsutil.write_json(directory / MANIFEST, manifest)
 
 
 def sha256_file(path: Path, on_progress: Callable[[int, int], None] | None = None) -> str:

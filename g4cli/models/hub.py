@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from g4cli import catalog
+from g4cli import fsutil
 from g4cli.errors import (
     AuthError,
     CheckpointError,
@@ -41,9 +41,10 @@ from g4cli.errors import (
     OutputError,
     describe_os_error,
 )
+from g4cli.fsutil import PARTIAL_SUFFIX as PARTIAL
+from g4cli.models import catalog
+from g4cli.models.store import flock, sha256_file
 from g4cli.render import human_bytes
-from g4cli.store import flock, sha256_file
-from quantize.gguf_out import PARTIAL_SUFFIX as PARTIAL
 
 Progress = Callable[[str, int, int], None]  # (what, done, total), as render.ByteProgress.update
 
@@ -273,9 +274,7 @@ def _write_ref(snap: Snapshot) -> None:
     ref.parent.mkdir(parents=True, exist_ok=True)
     if ref.is_file() and ref.read_text(encoding="ascii") == snap.commit:
         return
-    tmp = ref.with_name(f"{ref.name}.{os.getpid()}{PARTIAL}")
-    tmp.write_text(snap.commit, encoding="ascii")
-    os.replace(tmp, ref)
+    fsutil.write_text(ref, snap.commit)
 
 
 def _link(blob: Path, pointer: Path) -> None:
@@ -300,8 +299,8 @@ def clean_orphans(snap: Snapshot) -> list[Path]:
                 p.unlink(missing_ok=True)
                 removed.append(p)
     for p in refs.rglob(f"*{PARTIAL}") if refs.is_dir() else []:
-        pid = p.name.removesuffix(PARTIAL).rsplit(".", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        pid = fsutil.partial_pid(p)
+        if pid is not None and not _alive(pid):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

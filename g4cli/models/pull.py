@@ -26,12 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from g4cli import catalog, store
 from g4cli.errors import DiskSpaceError, ModelBusy, UsageError
+from g4cli.models import catalog, store
 from g4cli.render import human_bytes, info, warn
 
 if TYPE_CHECKING:
-    from g4cli.fit import DiskNeed, Estimate
+    from g4cli.models.fit import DiskNeed, Estimate
     from quantize.checkpoint import Checkpoint
 
 Progress = Callable[[str, int, int], None]
@@ -44,7 +44,7 @@ class Pulled:
 
 
 @dataclass
-class Options:
+class PullOptions:
     revision: str | None = None  # Hub repos: branch, tag or commit (default main)
     force: bool = False  # go ahead when the disk looks too small
     keep_source: bool = False  # keep the unquantized GGUF
@@ -55,11 +55,11 @@ class Options:
 def pull(text: str, *, quant: str | None = None, name: str | None = None, **options: Any) -> Pulled:
     """Pull ``text`` (a catalog name with optional ``:quant`` tag, an org/repo id or a directory).
 
-    ``options`` are the fields of ``Options``; ``name`` names a local directory's model.
+    ``options`` are the fields of ``PullOptions``; ``name`` names a local directory's model.
     """
     from quantize.llama_quant import parse_type
 
-    opts = Options(**options)
+    opts = PullOptions(**options)
     ref = catalog.parse(text, name=name)
     qtype = parse_type(quant) if quant else None
     if qtype and ref.quant and qtype != ref.quant:
@@ -111,9 +111,9 @@ def _exclusive(name: str, quant: str, tag: str) -> Iterator[None]:
         yield
 
 
-def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Options) -> store.ModelEntry:
+def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOptions) -> store.ModelEntry:
     """Under the model's lock: the fit check, the download (from the Hub), convert, the manifest."""
-    from g4cli import fit, hub
+    from g4cli.models import fit, hub
     from g4cli.render import ByteProgress
     from quantize.checkpoint import open_checkpoint, read_json
 
@@ -155,7 +155,7 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Options
 
 def _check_fit(tag: str, est: Estimate, needs: list[DiskNeed], force: bool) -> None:
     """Print the fit estimate on stderr; refuse a disk that is too small unless ``force``."""
-    from g4cli.fit import mem_available
+    from g4cli.models.fit import mem_available
 
     h = human_bytes
     if est.download or est.source:

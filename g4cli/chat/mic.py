@@ -9,7 +9,6 @@ A level meter and the elapsed time are drawn on stderr; Ctrl-C cancels (nothing 
 
 from __future__ import annotations
 
-import os
 import queue
 import select
 import sys
@@ -17,11 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from g4cli.errors import AudioDeviceError, UsageError
+from g4cli.errors import AudioDeviceError
+
+if TYPE_CHECKING:
+    from g4cli.chat.media import Media
+    from g4cli.chat.settings import MicOptions
 
 FRAME_S = 0.02  # VAD frames of 20 ms
 CALIBRATE_S = 0.3
@@ -98,7 +101,7 @@ class Meter:
     BARS = " ▁▂▃▄▅▆▇█"
 
     def __init__(self, hint: str) -> None:
-        from g4cli.answer import colors_ok
+        from g4cli.render import colors_ok
 
         self.tty = sys.stderr.isatty()
         self.color = colors_ok(sys.stderr)
@@ -218,7 +221,7 @@ def record(
     if not chunks:
         raise AudioDeviceError(f"input device {info['name']!r} recorded nothing")
     raw = np.concatenate(chunks)[: int(max_seconds * rate)]
-    from g4cli.media import to_16k_mono
+    from g4cli.chat.media import to_16k_mono
 
     pcm = to_16k_mono(raw, rate)
     return Recording(pcm, len(raw) / rate, stopped_by, info["name"], rate, channels)
@@ -227,22 +230,21 @@ def record(
 def save_wav(path: Path, pcm: np.ndarray) -> None:
     import soundfile
 
+    from g4cli.fsutil import atomic_output
+
     path = Path(path).expanduser()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        soundfile.write(tmp, pcm, 16000, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
-        raise AudioDeviceError(f"{path}: cannot save the recording ({e})") from None
+    with atomic_output(path, error=AudioDeviceError) as tmp:
+        try:
+            soundfile.write(tmp, pcm, 16000, subtype="PCM_16", format="WAV")
+        except RuntimeError as e:  # libsndfile's own errors
+            raise AudioDeviceError(f"{path}: cannot save the recording ({e})") from None
 
 
-def record_for_chat(opts: Any) -> Any:
-    """Record per the chat options; returns a Media attachment (and saves it if asked)."""
-    from g4cli.media import from_pcm
+def record_for_chat(opts: MicOptions) -> Media:
+    """Record per the chat's microphone options (checked by ``MicOptions.validate``); returns a
+    Media attachment (and saves the recording if asked)."""
+    from g4cli.chat.media import from_pcm
 
-    if opts.max_seconds <= 0 or opts.silence <= 0:
-        raise UsageError("--max-seconds and --silence must be > 0")
     hint = "Enter or a pause stops · Ctrl-C cancels" if sys.stdin.isatty() else "a pause stops · Ctrl-C cancels"
     meter = Meter(hint)
     try:

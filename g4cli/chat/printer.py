@@ -7,10 +7,11 @@ re-rendered as prose halfway through. Thinking goes to stderr (dimmed on a termi
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from typing import Any
+
+from g4cli.render import colors_ok
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 
@@ -45,12 +46,6 @@ def split_blocks(text: str) -> tuple[list[str], str]:
             continue
         current.append(line)
     return blocks, "\n".join(current)
-
-
-def colors_ok(stream: Any) -> bool:
-    """Escape codes only on a terminal, and not with NO_COLOR or TERM=dumb."""
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 class AnswerPrinter:

@@ -12,9 +12,14 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from g4cli.errors import G4Error, UsageError
+
+if TYPE_CHECKING:
+    from g4cli.chat.select import Choice
+    from g4cli.chat.session import Session
+    from g4cli.chat.settings import ChatOptions
 
 PROMPT, MORE = ">>> ", "... "
 HELP = """\
@@ -35,7 +40,6 @@ Paths of image or audio files typed or dropped into a message are attached."""
 COMMANDS = ["/help", "/?", "/bye", "/exit", "/clear", "/image", "/audio", "/mic", "/system", "/set", "/show",
             "/stats", "/regen", "/save", "/load"]  # fmt: skip
 PATH_COMMANDS = ("/image", "/audio", "/save", "/load")
-SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens", "think")
 
 
 def history_path() -> Path:
@@ -114,7 +118,7 @@ CANDIDATE = re.compile(r"'[^']+'|\"[^\"]+\"|(?:\\ |\S)+")
 def attached_paths(text: str) -> tuple[str, list[Path]]:
     """Split off words that are paths to existing image/audio files (typed, or dropped into the
     terminal: quoted or with backslash-escaped spaces); the rest of the text is kept as typed."""
-    from g4cli.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
+    from g4cli.chat.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 
     found: list[Path] = []
     kept: list[str] = []
@@ -134,7 +138,7 @@ def attached_paths(text: str) -> tuple[str, list[Path]]:
 
 
 class Repl:
-    def __init__(self, session: Any, choice: Any, opts: Any, err: Any = None) -> None:
+    def __init__(self, session: Session, choice: Choice, opts: ChatOptions, err: Any = None) -> None:
         from g4cli.render import err_console
 
         self.session, self.choice, self.opts = session, choice, opts
@@ -198,18 +202,23 @@ class Repl:
         for p in paths:
             m = self.session.attach(p)
             self.say(f"attached {m.describe()}")
-        self.answer(text)
+        self.respond(text)
 
-    def answer(self, text: str) -> None:
-        from g4cli.chatmode import print_stats, show_answer
+    def respond(self, text: str) -> None:
+        """Send a message and show the reply (Ctrl-C stops it; what was said is kept)."""
+        from g4cli.chat.session import Reply
+        from g4cli.chat.show import print_stats, stream_reply
 
-        answer = show_answer(self.session, text, show_thoughts=True, notice=lambda t: self.say(t, "yellow"))
-        if answer.finish == "length":
+        reply = Reply()
+        try:
+            stream_reply(self.session, text, reply, show_thoughts=True, notice=lambda t: self.say(t, "yellow"))
+        finally:
+            if self.opts.verbose:
+                print_stats(reply.stats)
+        if reply.finish == "length":
             self.say("(stopped at --max-tokens)")
-        elif answer.finish == "context":
+        elif reply.finish == "context":
             self.say("(stopped: the context is full)")
-        if self.opts.verbose:
-            print_stats(answer.stats)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -237,13 +246,13 @@ class Repl:
         self._attach(arg, "audio")
 
     def cmd_mic(self, arg: str) -> None:
-        from g4cli import mic
+        from g4cli.chat import mic
 
         self.session.model.require("audio")  # before anything is recorded
-        clip = mic.record_for_chat(self.opts)
+        clip = mic.record_for_chat(self.opts.mic)
         self.session.attach_media(clip)
         self.say(f"recorded {clip.describe()}")
-        self.answer(arg)
+        self.respond(arg)
 
     def cmd_system(self, arg: str) -> None:
         self.session.system = arg or None
@@ -252,58 +261,28 @@ class Repl:
     def cmd_set(self, arg: str) -> None:
         s = self.session.sampling
         if not arg:
-            self.say("  ".join(f"{k}={getattr(s, k)}" for k in SETTINGS), "")
+            self.say(s.describe(), "")
             return
         key, _, value = arg.partition(" ")
-        key = key.replace("-", "_")
-        if key == "temp":
-            key = "temperature"
-        if key not in SETTINGS:
-            raise UsageError(f"/set {key}: unknown setting; one of {', '.join(SETTINGS)}")
-        value = value.strip()
-        try:
-            if key == "think":
-                if value not in ("on", "off", "true", "false", "1", "0"):
-                    raise ValueError
-                parsed: Any = value in ("on", "true", "1")
-            elif key in ("top_k", "seed", "max_tokens"):
-                parsed = None if value in ("", "none") and key != "top_k" else int(value)
-            else:
-                parsed = float(value)
-        except ValueError:
-            raise UsageError(f"/set {key}: {value!r} is not a valid value") from None
-        bad = (
-            (key == "temperature" and parsed < 0)
-            or (key == "top_p" and not 0 < parsed <= 1)
-            or (key == "top_k" and parsed < 0)
-            or (key == "min_p" and not 0 <= parsed <= 1)
-            or (key == "repeat_penalty" and parsed <= 0)
-            or (key == "max_tokens" and parsed is not None and parsed < 1)
-        )
-        if bad:
-            raise UsageError(f"/set {key}: {value} is out of range")
-        setattr(s, key, parsed)
-        self.say(f"{key} = {parsed}")
+        self.say(f"{key} = {s.set(key, value)}")
 
     def cmd_show(self, _: str) -> None:
         m = self.session.model
-        meta = m.llm.metadata
-        arch = meta.get("general.architecture", "?")
+        d = m.describe()
         lines = [
             f"model      {self.choice.name}",
-            f"file       {m.path}",
-            f"projector  {m.mmproj or 'none'}",
+            f"file       {self.choice.gguf}",
+            f"projector  {self.choice.mmproj or 'none'}",
             f"can take   text{''.join(', ' + c for c in sorted(m.capabilities))}",
-            f"arch       {arch}, {meta.get(f'{arch}.block_count', '?')} layers, "
-            f"{meta.get(f'{arch}.embedding_length', '?')} wide",
-            f"context    {m.n_ctx} tokens (trained {meta.get(f'{arch}.context_length', '?')})",
+            f"arch       {d['arch']}, {d['layers']} layers, {d['width']} wide",
+            f"context    {m.n_ctx} tokens (trained {d['trained_ctx']})",
             f"system     {self.session.system or '(none)'}",
-            "settings   " + "  ".join(f"{k}={getattr(self.session.sampling, k)}" for k in SETTINGS),
+            "settings   " + self.session.sampling.describe(),
         ]
         self.say("\n".join(lines), "")
 
     def cmd_stats(self, _: str) -> None:
-        from g4cli.chatmode import print_stats
+        from g4cli.chat.show import print_stats
 
         if self.session.last_stats is None:
             self.say("no answer yet")
@@ -311,7 +290,7 @@ class Repl:
             print_stats(self.session.last_stats)
 
     def cmd_regen(self, _: str) -> None:
-        self.answer(self.session.regen())
+        self.respond(self.session.regen())
 
     def cmd_save(self, arg: str) -> None:
         if not arg:
@@ -327,13 +306,13 @@ class Repl:
         self.say(f"loaded {len(self.session.turns)} turns from {arg}")
 
 
-def run(name: str | None, opts: Any) -> None:
-    from g4cli.chatmode import loaded
-    from g4cli.session import Session
+def run(choice: Choice, opts: ChatOptions) -> None:
+    from g4cli.chat.load import loaded
+    from g4cli.chat.session import Session
 
     reader = LineReader(opts.history)
-    with loaded(name, opts) as (choice, model):
-        session = Session(model, system=opts.system, sampling=opts.sampling())
+    with loaded(choice, opts.load, needs=opts.needs) as model:
+        session = Session(model, system=opts.system, sampling=opts.sampling)
         for path in opts.image:
             session.attach(path, "image")
         for path in opts.audio:

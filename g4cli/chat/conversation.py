@@ -1,11 +1,19 @@
-"""A conversation: turns with text and attachments, sampling settings, and streamed events."""
+"""A conversation: turns with text and attachments, streamed events, and what a model must do.
+
+``ChatModel`` is the seam between a ``Session`` and a model: ``g4cli.chat.runtime.model.Model``
+is the real one; tests also use a scripted fake.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from g4cli.media import Media
+from g4cli.chat.media import Media
+
+if TYPE_CHECKING:
+    from g4cli.chat.settings import Sampling
 
 IMAGE_PLACEHOLDER = "<|image|>"  # what Gemma 4's chat template emits for an image part
 AUDIO_PLACEHOLDER = "<|audio|>"
@@ -21,20 +29,6 @@ class Turn:
 
 
 @dataclass
-class Sampling:
-    """Gemma 4's recommended defaults: temperature 1.0, top-k 64, top-p 0.95."""
-
-    temperature: float = 1.0
-    top_p: float = 0.95
-    top_k: int = 64
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    seed: int | None = None
-    max_tokens: int | None = None
-    think: bool = False
-
-
-@dataclass
 class Stats:
     load_s: float = 0.0
     prompt_tokens: int = 0  # in the prompt
@@ -44,6 +38,7 @@ class Stats:
     gen_s: float = 0.0
     ttft_s: float = 0.0
     dropped_turns: int = 0
+    interrupted: bool = False  # the answer was stopped (Ctrl-C, a closed stream) before it ended
 
     @property
     def prompt_tps(self) -> float:
@@ -65,6 +60,7 @@ class Stats:
             "generation_tokens_per_s": round(self.gen_tps, 2),
             "time_to_first_token_s": round(self.ttft_s, 4),
             "dropped_turns": self.dropped_turns,
+            "interrupted": self.interrupted,
         }
 
 
@@ -148,3 +144,28 @@ class ChannelSplitter:
 
     def finish(self) -> list[Event]:
         return self._flush()
+
+
+class ChatModel(Protocol):
+    """What a ``Session`` needs from a model."""
+
+    name: str
+    n_ctx: int
+    capabilities: set[str]
+
+    def require(self, capability: str, detail: str = "") -> None:
+        """Raise ``CapabilityError`` unless the model takes ``capability`` ("vision", "audio")."""
+
+    def check_media(self, media: list[Media]) -> None:
+        """Raise ``CapabilityError`` for an attachment the model cannot take."""
+
+    def prompt_tokens(self, turns: list[Turn], think: bool = False) -> int:
+        """Positions the prompt for these turns would take in the context."""
+
+    def generate(
+        self, turns: list[Turn], sampling: Sampling | None = None, stats: Stats | None = None
+    ) -> Iterator[Event]:
+        """Stream the answer to the last user turn; ``stats`` is filled as it goes."""
+
+    def describe(self) -> dict[str, object]:
+        """Architecture facts for ``/show``."""

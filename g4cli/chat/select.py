@@ -45,25 +45,32 @@ def projector_beside(gguf: Path) -> Path | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def looks_like_model(text: str) -> bool:
-    """Whether a positional argument names a model (pulled name or GGUF path), not a prompt."""
+def choose_from_args(model: str | None, prompt: str | None, mmproj: Path | None) -> tuple[Choice, str | None]:
+    """``g4 chat [MODEL] [PROMPT]``: (the model, the prompt). A lone argument that names no model
+    is the prompt, for the default model (``g4 chat "question"``)."""
+    if model is None or prompt is not None or _surely_a_model(model):
+        return choose(model, mmproj), prompt
+    if any(c.isspace() for c in model) or len(model) > 100:
+        return choose(None, mmproj), model
+    try:
+        return choose(model, mmproj), None
+    except (ModelNotFound, UsageError):
+        return choose(None, mmproj), model
+
+
+def _surely_a_model(text: str) -> bool:
+    """A GGUF path, an existing file, or a catalog name (``e4b:q8_0``): a model, pulled or not."""
     if text.endswith(".gguf") or Path(text).expanduser().is_file():
         return True
-    if any(c.isspace() for c in text) or len(text) > 100:
-        return False
-    from g4cli import store
+    from g4cli.models import catalog
 
-    try:
-        store.resolve(text)
-        return True
-    except (ModelNotFound, UsageError):
-        return False
-    except Exception:
-        return False
+    return catalog.lookup(text.split(":", 1)[0]) is not None
 
 
 def choose(name: str | None, mmproj: Path | None = None) -> Choice:
-    from g4cli import store
+    """The model a chat uses: ``name`` (pulled name or GGUF path), else the configured default,
+    else the most recently pulled model."""
+    from g4cli.models import store
 
     if name is None:
         name = configured_default()

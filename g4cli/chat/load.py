@@ -1,0 +1,40 @@
+"""From options to a loaded model: resolve which model, check its capabilities, load it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from g4cli.chat.runtime.model import Model, projector_capabilities, require
+from g4cli.chat.select import Choice
+from g4cli.chat.settings import LoadOptions
+
+
+@contextlib.contextmanager
+def loaded(choice: Choice, options: LoadOptions, *, needs: set[str] | None = None) -> Iterator[Model]:
+    """Check capabilities from the headers, then load the chosen model.
+
+    The model is held (a shared lock) while loaded, so ``g4 rm`` cannot delete it meanwhile.
+    """
+    from g4cli import render
+    from g4cli.models import store
+
+    caps = projector_capabilities(choice.mmproj)
+    for need in sorted(needs or ()):
+        require(need, caps, choice.name, choice.mmproj)  # from the headers, before anything loads
+    hold = store.using(choice.entry) if choice.entry is not None else contextlib.nullcontext()
+    with hold:
+        status = render.err_console().status("loading model…") if render.stderr_is_tty() else contextlib.nullcontext()
+        with status:
+            model = Model(
+                choice.gguf,
+                choice.mmproj,
+                n_ctx=options.ctx,
+                n_threads=options.threads,
+                n_gpu_layers=options.gpu_layers,
+            )
+        model.name = choice.name
+        try:
+            yield model
+        finally:
+            model.close()

@@ -1,0 +1,54 @@
+"""One-shot and pipe mode: answer once, the answer alone on stdout, then exit."""
+
+from __future__ import annotations
+
+import sys
+
+from g4cli.chat.select import Choice
+from g4cli.chat.settings import ChatOptions
+from g4cli.errors import UsageError
+
+
+def _stdin_text(opts: ChatOptions) -> str | None:
+    if sys.stdin.isatty() or "-" in (*opts.image, *opts.audio):
+        return None
+    data = sys.stdin.buffer.read()
+    return data.decode("utf-8", "replace") if data else None
+
+
+def one_shot(choice: Choice, prompt: str | None, opts: ChatOptions) -> None:
+    """Answer once: piped stdin before PROMPT, the answer alone on stdout."""
+    from g4cli.chat import media
+    from g4cli.chat.load import loaded
+    from g4cli.chat.session import Reply, Session
+    from g4cli.chat.show import print_json, print_stats, stream_reply
+
+    stdin_data = sys.stdin.buffer.read() if "-" in (*opts.image, *opts.audio) and not sys.stdin.isatty() else None
+    attachments = [media.load(p, "image", stdin=stdin_data) for p in opts.image]
+    attachments += [media.load(p, "audio", stdin=stdin_data) for p in opts.audio]
+    piped = _stdin_text(opts)
+    text = "\n\n".join(part for part in (piped, prompt) if part)
+    if not text and not attachments and not opts.record:
+        raise UsageError("nothing to answer: give a PROMPT, pipe text in, or attach a file")
+    needs = {"vision" if m.kind == "image" else "audio" for m in attachments} | opts.needs
+    with loaded(choice, opts.load, needs=needs) as model:
+        session = Session(model, system=opts.system, sampling=opts.sampling)
+        for m in attachments:
+            session.attach_media(m)
+        if opts.record:
+            from g4cli.chat import mic
+
+            session.attach_media(mic.record_for_chat(opts.mic))
+        reply = Reply()
+        try:
+            if opts.json:
+                for _ in session.send(text, reply):
+                    pass
+                print_json(choice.name, reply, session)
+            else:
+                from g4cli.render import warn
+
+                stream_reply(session, text, reply, show_thoughts=opts.sampling.think, notice=warn)
+        finally:
+            if opts.verbose:  # also for an answer stopped by Ctrl-C (marked as stopped)
+                print_stats(reply.stats)

@@ -1,0 +1,430 @@
+"""A Gemma 4 GGUF (+ projector) loaded in llama.cpp: the model, its context, tokens, media.
+
+Loaded through libllama's own API (llama-cpp-python's low-level bindings), so that every
+context parameter is ours to set; images and audio go through llama.cpp's ``mtmd``.
+llama-cpp-python's ``Gemma4ChatHandler`` is not used: it handles image parts only and refuses
+an audio-only projector. ``Model.generate`` answers a conversation on the model's first
+sequence (``g4cli.chat.runtime.generate`` does the work).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp  # before numpy: a numpy-first import crashed a CUDA build at model load
+import llama_cpp.mtmd_cpp as mtmd
+import numpy as np
+
+from g4cli.chat import template
+from g4cli.chat.conversation import Event, Stats, Turn
+from g4cli.chat.media import Media
+from g4cli.chat.runtime.cache import MediaUnit, Sequence, Unit, n_pos
+from g4cli.chat.runtime.llama_log import LOG
+from g4cli.chat.settings import Sampling
+from g4cli.errors import CapabilityError, RuntimeFailure
+from g4cli.models.catalog import DEFAULT_CTX  # shared with the fit estimate of g4 pull
+
+MARKER = "<__media__>"  # mtmd's media marker
+_CONTROL_TEXT = {"<|channel>": "open", "<channel|>": "close"}
+_BACKEND = {"ready": False}
+
+
+def require(capability: str, capabilities: set[str], model: str, mmproj: Path | None, detail: str = "") -> None:
+    """The one capability error: what the model cannot take, and why."""
+    if capability in capabilities:
+        return
+    what = "images" if capability == "vision" else "audio"
+    why = "it has no projector file" if mmproj is None else f"its projector has no {capability} encoder"
+    raise CapabilityError(f"{model} cannot take {what}: {why}" + (f" ({detail})" if detail else ""))
+
+
+def projector_capabilities(mmproj: Path | None) -> set[str]:
+    """What a projector file can encode, read from its header without loading it."""
+    if mmproj is None:
+        return set()
+    LOG.install()
+    caps = mtmd.mtmd_get_cap_from_file(os.fsencode(mmproj))
+    return {name for name, ok in (("vision", caps.inp_vision), ("audio", caps.inp_audio)) if ok}
+
+
+def _trained_context(gguf: Path) -> int | None:
+    """``<arch>.context_length`` from a GGUF header (None if unreadable: the load will say why)."""
+    from g4cli.models.ggufmeta import read_values
+
+    try:
+        value = read_values(gguf, {"{arch}.context_length"}).get("{arch}.context_length")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+class Prompt:
+    """A tokenized prompt: its units and, for media, mtmd's chunks (freed by ``close``)."""
+
+    def __init__(self, units: list[Unit], chunks: object | None = None, media: dict[int, object] | None = None):
+        self.units = units
+        self.chunks = chunks
+        self.media = media or {}  # unit index -> mtmd chunk
+
+    @property
+    def n_pos(self) -> int:
+        return n_pos(self.units)
+
+    def close(self) -> None:
+        if self.chunks is not None:
+            mtmd.mtmd_input_chunks_free(self.chunks)
+            self.chunks = None
+
+    def __enter__(self) -> Prompt:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Model:
+    """A loaded model with one context of ``n_seq`` sequences; ``generate(turns, sampling)``
+    answers on the first one."""
+
+    def __init__(
+        self,
+        gguf: Path | str,
+        mmproj: Path | str | None = None,
+        *,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_batch: int = 512,
+        n_seq: int = 1,
+    ) -> None:
+        self.path = Path(gguf)
+        self.mmproj = Path(mmproj) if mmproj else None
+        self.name = self.path.name
+        if n_ctx is not None and n_ctx < 16:
+            raise RuntimeFailure(f"context size {n_ctx} is too small")
+        self._log = LOG.install()  # llama.cpp's own log, shown with G4_LLAMA_LOG=1
+        t0 = time.perf_counter()
+        if not _BACKEND["ready"]:
+            llama_cpp.llama_backend_init()
+            _BACKEND["ready"] = True
+        threads = n_threads or os.cpu_count() or 1
+        if n_ctx is None:  # the default, but never beyond what the model was trained for
+            n_ctx = min(DEFAULT_CTX, _trained_context(self.path) or DEFAULT_CTX)
+        self.model = self.ctx = self._mtmd = self._batch = None
+        try:
+            self._load(n_ctx, threads, n_gpu_layers, n_batch, n_seq)
+        except BaseException:
+            self.close()
+            raise
+        self.load_s = time.perf_counter() - t0
+
+    def _load(self, n_ctx: int, threads: int, n_gpu_layers: int, n_batch: int, n_seq: int) -> None:
+        if not self.path.is_file():
+            raise RuntimeFailure(f"{self.path}: no such model file")
+        mp = llama_cpp.llama_model_default_params()
+        mp.n_gpu_layers = n_gpu_layers
+        self.model = llama_cpp.llama_model_load_from_file(os.fsencode(self.path), mp)
+        if not self.model:
+            detail = self._log.last_error() or "not a GGUF llama.cpp can load"
+            raise RuntimeFailure(f"{self.path}: cannot load the model ({detail})")
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            detail = self._log.last_error() or "out of memory?"
+            raise RuntimeFailure(f"{self.path}: cannot create a context of {n_ctx} tokens ({detail})")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.n_batch = n_batch
+        self.template = self._chat_template()
+        self.capabilities: set[str] = set()
+        if self.mmproj is not None:
+            self._init_mtmd(threads, n_gpu_layers > 0)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.sequences = [Sequence(self.ctx, i) for i in range(n_seq)]
+        self._control = {self._single_token(text): kind for text, kind in _CONTROL_TEXT.items()}
+        self._control.pop(None, None)
+        self.bos_text = self.piece(llama_cpp.llama_vocab_bos(self.vocab), special=True) or "<bos>"
+        self._media_pos: dict[str, int] = {}  # media key -> positions it takes (mtmd's own sizing)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """What llama.cpp's own CLI does at load: one decode (thread pool, compute graph) and the
+        chat template compiled, so that the first answer does not pay for them."""
+        if self.template:
+            template.compile_template(self.template)
+        seq = self.sequences[0]
+        self.decode(seq, [llama_cpp.llama_vocab_bos(self.vocab)], logits_last=True)
+        seq.clear()
+
+    def _init_mtmd(self, threads: int, gpu: bool) -> None:
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = gpu
+        params.n_threads = threads
+        params.print_timings = False
+        params.warmup = False
+        self._mtmd = mtmd.mtmd_init_from_file(os.fsencode(self.mmproj), self.model, params)
+        if not self._mtmd:
+            detail = self._log.last_error() or "not a projector for this model?"
+            raise RuntimeFailure(f"{self.mmproj}: cannot load the projector ({detail})")
+        if mtmd.mtmd_support_vision(self._mtmd):
+            self.capabilities.add("vision")
+        if mtmd.mtmd_support_audio(self._mtmd):
+            self.capabilities.add("audio")
+
+    # --- metadata ------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as text (``{arch}`` in the key is the model's architecture)."""
+        if "{arch}" in key:
+            key = key.replace("{arch}", self.meta("general.architecture") or "")
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def _chat_template(self) -> str | None:
+        raw = llama_cpp.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    def describe(self) -> dict[str, object]:
+        """What ``/show`` prints about the model."""
+        return {
+            "arch": self.meta("general.architecture") or "?",
+            "layers": self.meta("{arch}.block_count") or "?",
+            "width": self.meta("{arch}.embedding_length") or "?",
+            "trained_ctx": self.meta("{arch}.context_length") or "?",
+        }
+
+    # --- tokens and text -----------------------------------------------------------------------
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        return list(buf[:n])
+
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenize(text)
+        return ids[0] if len(ids) == 1 else None
+
+    def control(self, token: int) -> str | None:
+        """ "open"/"close" for the thinking channel's tokens, else None."""
+        return self._control.get(token)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def piece(self, token: int, special: bool = False) -> str:
+        return self.piece_bytes(token, special).decode("utf-8", "replace")
+
+    def piece_bytes(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def render(self, turns: list[Turn], think: bool = False) -> str:
+        """The prompt text (media as mtmd markers), rendered by the model's own chat template."""
+        if not self.template:
+            raise RuntimeFailure(f"{self.path}: the GGUF has no chat template")
+        return template.prompt_text(self.template, turns, think=think, bos=self.bos_text, marker=MARKER)
+
+    # --- media ---------------------------------------------------------------------------------
+
+    def require(self, capability: str, detail: str = "") -> None:
+        """Refuse up front what the model cannot take ("vision" or "audio")."""
+        require(capability, self.capabilities, self.name, self.mmproj, detail)
+
+    def check_media(self, media: list[Media]) -> None:
+        """Refuse attachments the model cannot take, before any work."""
+        for m in media:
+            self.require("vision" if m.kind == "image" else "audio", m.name)
+
+    def _bitmaps(self, media: list[Media]) -> list:
+        bitmaps = []
+        for m in media:
+            if m.kind == "image":
+                h, w = m.pixels.shape[:2]
+                data = np.ascontiguousarray(m.pixels).tobytes()
+                bmp = mtmd.mtmd_bitmap_init(w, h, (ctypes.c_ubyte * len(data)).from_buffer_copy(data))
+                mtmd.mtmd_bitmap_set_id(bmp, m.sha256.encode())
+                bitmaps.append(bmp)
+                continue
+            for i, piece in enumerate(m.pieces):
+                pcm = np.ascontiguousarray(piece, dtype=np.float32)
+                bmp = mtmd.mtmd_bitmap_init_from_audio(len(pcm), pcm.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+                mtmd.mtmd_bitmap_set_id(bmp, f"{m.sha256}:{i}".encode())
+                bitmaps.append(bmp)
+        return bitmaps
+
+    def tokenize_prompt(self, prompt: str, media: list[Media]) -> Prompt:
+        """A rendered prompt (mtmd markers where media go) as units: tokens and media chunks.
+
+        Media the model cannot take are refused here, before any work: the runtime's own check
+        for its callers (``g4 chat`` also checks the projector's header before loading, and a
+        ``Session`` when something is attached, so that the user hears it at once)."""
+        self.check_media(media)
+        if self._mtmd is None:
+            return Prompt(self.tokenize(prompt))
+        bitmaps = self._bitmaps(media)
+        chunks = mtmd.mtmd_input_chunks_init()
+        try:
+            data = prompt.encode("utf-8")
+            text = mtmd.mtmd_input_text()
+            text.text, text.text_len, text.add_special, text.parse_special = data, len(data), False, True
+            arr = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+            rc = mtmd.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(text), arr, len(bitmaps))
+            if rc != 0:
+                raise RuntimeFailure(f"cannot tokenize the prompt with its media (mtmd error {rc})")
+        except BaseException:
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise
+        finally:
+            for bmp in bitmaps:
+                mtmd.mtmd_bitmap_free(bmp)
+        prompt_ = Prompt([], chunks)
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == 0:  # MTMD_INPUT_CHUNK_TYPE_TEXT
+                n = ctypes.c_size_t(0)
+                toks = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                prompt_.units.extend(toks[j] for j in range(n.value))
+            else:
+                key = (mtmd.mtmd_input_chunk_get_id(chunk) or b"").decode()
+                prompt_.media[len(prompt_.units)] = chunk
+                prompt_.units.append(
+                    MediaUnit(key, mtmd.mtmd_input_chunk_get_n_tokens(chunk), mtmd.mtmd_input_chunk_get_n_pos(chunk))
+                )
+        return prompt_
+
+    def media_tokens(self, media: Media) -> list[int]:
+        """How many tokens each piece of an attachment becomes (mtmd's own sizing)."""
+        with self.tokenize_prompt(MARKER * max(1, len(media.pieces)), [media]) as p:
+            return [u.n_tokens for u in p.units if isinstance(u, MediaUnit)]
+
+    def media_positions(self, media: Media) -> int:
+        """Positions an attachment takes in a prompt, with the tokens mtmd wraps it in (cached)."""
+        if media.sha256 not in self._media_pos:
+            with self.tokenize_prompt(MARKER * max(1, len(media.pieces)), [media]) as p:
+                self._media_pos[media.sha256] = p.n_pos
+        return self._media_pos[media.sha256]
+
+    def prompt_tokens(self, turns: list[Turn], think: bool = False) -> int:
+        """Positions the prompt for ``turns`` takes: its text tokens plus each attachment's."""
+        media = [m for t in turns for m in t.media]
+        text = self.render(turns, think)
+        if self._mtmd is None:
+            return len(self.tokenize(text))
+        return len(self.tokenize(text.replace(MARKER, ""))) + sum(self.media_positions(m) for m in media)
+
+    def encode_media(self, media: Media) -> np.ndarray:
+        """The projector's output embeddings for one attachment (rows = media tokens)."""
+        with self.tokenize_prompt(MARKER * max(1, len(media.pieces)), [media]) as p:
+            out = []
+            n_embd = llama_cpp.llama_model_n_embd(self.model)
+            for i, chunk in p.media.items():
+                if mtmd.mtmd_encode_chunk(self._mtmd, chunk) != 0:
+                    raise RuntimeFailure(f"{media.name}: the projector failed to encode it")
+                n = p.units[i].n_tokens
+                ptr = mtmd.mtmd_get_output_embd(self._mtmd)
+                out.append(np.ctypeslib.as_array(ptr, shape=(n * n_embd,)).reshape(n, n_embd).copy())
+            return np.concatenate(out)
+
+    # --- evaluation ------------------------------------------------------------------------------
+
+    def decode(self, seq: Sequence, tokens: list[int], logits_last: bool) -> None:
+        """Evaluate ``tokens`` into ``seq`` (in pieces of ``n_batch``); logits for the last one."""
+        b = self._batch
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start : start + self.n_batch]
+            b.n_tokens = len(part)
+            for j, tok in enumerate(part):
+                b.token[j] = tok
+                b.pos[j] = seq.n_past + j
+                b.n_seq_id[j] = 1
+                b.seq_id[j][0] = seq.seq_id
+                b.logits[j] = False
+            if logits_last and start + len(part) == len(tokens):
+                b.logits[len(part) - 1] = True
+            rc = llama_cpp.llama_decode(self.ctx, b)
+            if rc != 0:
+                raise RuntimeFailure(f"llama.cpp could not decode (code {rc}): {self._log.last_error()}")
+            seq.added(part, len(part))
+
+    def eval_media(self, seq: Sequence, chunk: object, unit: MediaUnit, logits_last: bool) -> None:
+        new_n_past = llama_cpp.llama_pos(0)
+        rc = mtmd.mtmd_helper_eval_chunk_single(
+            self._mtmd, self.ctx, chunk, seq.n_past, seq.seq_id, self.n_batch, logits_last, ctypes.byref(new_n_past)
+        )
+        if rc != 0:
+            raise RuntimeFailure(f"llama.cpp could not encode the media (code {rc}): {self._log.last_error()}")
+        seq.added([unit], new_n_past.value - seq.n_past)
+
+    def eval_prompt(self, prompt: str, media: list[Media], seq: Sequence | None = None) -> tuple[int, int]:
+        """Bring a sequence's KV cache to the prompt, reusing its common prefix; (prompt
+        positions, positions evaluated)."""
+        from g4cli.chat.runtime.generate import prefill
+
+        with self.tokenize_prompt(prompt, media) as p:
+            return prefill(self, seq or self.sequences[0], p)
+
+    def logits(self, row: int = -1) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def last_logits(self) -> np.ndarray:
+        return self.logits(-1)
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def generate(
+        self, turns: list[Turn], sampling: Sampling | None = None, stats: Stats | None = None
+    ) -> Iterator[Event]:
+        """Stream the answer to the conversation's last user turn (on the first sequence)."""
+        from g4cli.chat.runtime.generate import answer_turns
+
+        return answer_turns(self, self.sequences[0], turns, sampling or Sampling(), stats)
+
+    def reset(self) -> None:
+        for seq in self.sequences:
+            seq.clear()
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._mtmd is not None:
+            mtmd.mtmd_free(self._mtmd)
+            self._mtmd = None
+        if self.ctx is not None:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model is not None:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

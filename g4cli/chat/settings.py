@@ -1,0 +1,144 @@
+"""Chat settings, one typed dataclass per concern, validated in one place.
+
+``g4 chat`` builds them once from its command line (``ChatOptions.validate`` checks them all
+before anything loads); the REPL's ``/set`` edits the same ``Sampling`` object through
+``Sampling.set``, which applies the same limits. Every limit is a row of ``LIMITS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from g4cli.errors import UsageError
+
+# field: (command-line flag, check, what the check demands)
+LIMITS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
+    "temperature": ("--temp", lambda v: v >= 0, ">= 0"),
+    "top_p": ("--top-p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    "top_k": ("--top-k", lambda v: v >= 0, ">= 0"),
+    "min_p": ("--min-p", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "repeat_penalty": ("--repeat-penalty", lambda v: v > 0, "> 0"),
+    "max_tokens": ("--max-tokens", lambda v: v >= 1, ">= 1"),
+    "gpu_layers": ("--gpu-layers", lambda v: v >= 0, ">= 0"),
+    "threads": ("--threads", lambda v: v >= 1, ">= 1"),
+    "silence": ("--silence", lambda v: v > 0, "> 0"),
+    "max_seconds": ("--max-seconds", lambda v: v > 0, "> 0"),
+}
+MIN_CTX = 64
+
+
+def _check(obj: Any) -> None:
+    """Apply ``LIMITS`` to every field of ``obj`` that has one (None means 'not set')."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in LIMITS and value is not None:
+            flag, ok, rule = LIMITS[f.name]
+            if not ok(value):
+                raise UsageError(f"{flag} must be {rule}")
+
+
+@dataclass
+class Sampling:
+    """How tokens are picked. Gemma 4's recommended defaults: temperature 1.0, top-k 64, top-p 0.95."""
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 64
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None
+    think: bool = False
+
+    def validate(self) -> Sampling:
+        _check(self)
+        return self
+
+    def set(self, key: str, text: str) -> Any:
+        """``/set KEY VALUE``: parse, check against the same limits, assign; returns the value."""
+        key = {"temp": "temperature"}.get(key.replace("-", "_"), key.replace("-", "_"))
+        names = [f.name for f in fields(self)]
+        if key not in names:
+            raise UsageError(f"/set {key}: unknown setting; one of {', '.join(names)}")
+        value = text.strip()
+        try:
+            if key == "think":
+                if value not in ("on", "off", "true", "false", "1", "0"):
+                    raise ValueError
+                parsed: Any = value in ("on", "true", "1")
+            elif key in ("top_k", "seed", "max_tokens"):
+                parsed = None if value in ("", "none") and key != "top_k" else int(value)
+            else:
+                parsed = float(value)
+        except ValueError:
+            raise UsageError(f"/set {key}: {value!r} is not a valid value") from None
+        if key in LIMITS and parsed is not None and not LIMITS[key][1](parsed):
+            raise UsageError(f"/set {key}: {value} is out of range (must be {LIMITS[key][2]})")
+        setattr(self, key, parsed)
+        return parsed
+
+    def describe(self) -> str:
+        return "  ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
+@dataclass
+class LoadOptions:
+    """How the model is loaded."""
+
+    ctx: int | None = None  # None: the default context, never beyond the model's own
+    threads: int | None = None  # None: the physical performance cores
+    gpu_layers: int = 0
+    mmproj: Path | None = None  # a projector for a model given as a GGUF path
+
+    def validate(self) -> LoadOptions:
+        _check(self)
+        if self.ctx is not None and self.ctx < MIN_CTX:
+            raise UsageError(f"--ctx {self.ctx} is too small (at least {MIN_CTX} tokens)")
+        return self
+
+
+@dataclass
+class MicOptions:
+    """How the microphone records."""
+
+    input_device: str | None = None
+    silence: float = 1.5
+    max_seconds: float = 30.0
+    save_audio: Path | None = None
+
+    def validate(self) -> MicOptions:
+        _check(self)
+        return self
+
+
+@dataclass
+class ChatOptions:
+    """Everything ``g4 chat`` was told, built once from its command line."""
+
+    sampling: Sampling = field(default_factory=Sampling)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    mic: MicOptions = field(default_factory=MicOptions)
+    image: list[str] = field(default_factory=list)
+    audio: list[str] = field(default_factory=list)
+    record: bool = False  # --mic: record one utterance and send it
+    system: str | None = None
+    json: bool = False
+    verbose: bool = False
+    history: bool = True
+
+    def validate(self) -> ChatOptions:
+        """Usage errors, each one line and exit 2, before anything loads."""
+        self.sampling.validate()
+        self.load.validate()
+        self.mic.validate()
+        if [*self.image, *self.audio].count("-") > 1:
+            raise UsageError("only one attachment can come from stdin (-)")
+        return self
+
+    @property
+    def needs(self) -> set[str]:
+        """Capabilities the command line asks for before any file is read (``--mic``)."""
+        return {"audio"} if self.record else set()
