@@ -44,7 +44,7 @@ def vocab_kv(v: Vocab) -> list[KV]:
         (T.ADD_EOS, v.add_eos, BOOL, None),
         (T.ADD_PREFIX, False, BOOL, None),
     ]
-    for role, key in (("bos", T.BOS_ID), ("eos", T.EOS_ID), ("unk", T.UNK_ID), ("pad", T.PAD_ID)):
+    for role, key in (("bos", T.BOS_ID), ("eos", T.EOS_ID), ("unk", T.UNK_ID), ("pad", T.PAD_ID), ("mask", T.MASK_ID)):
         if role in v.special_ids:
             kv.append((key, v.special_ids[role], U32, None))
     if v.chat_template:

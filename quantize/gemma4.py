@@ -2,7 +2,8 @@
 
 One file for E2B/E4B (per-layer embeddings "PLE", KV-shared layers, double-wide MLP), 26B-A4B
 (mixture of experts, K=V on full-attention layers) and 31B (K=V, per-layer KV head counts,
-proportional RoPE). What llama.cpp expects is summarised in ``shared/spec/gemma4-gguf.md``;
+proportional RoPE). What llama.cpp expects is what its loader and graph read (llama.cpp's
+``src/models/gemma4.cpp`` and ``src/llama-model.cpp`` as vendored by llama-cpp-python 0.3.36);
 every rule here names the variant it serves.
 """
 
@@ -17,7 +18,7 @@ from gguf import GGUFValueType, Keys
 from g4cli.errors import CheckpointError, ConvertError
 from quantize import tensor_map
 from quantize.checkpoint import ConfigView
-from quantize.gguf_out import OutTensor, Plan
+from quantize.gguf_out import OutTensor, Plan, output_dtype
 from quantize.safetensors_io import FLOAT_DTYPES, TensorRef
 
 ARCH = "gemma4"
@@ -195,9 +196,8 @@ def _per_layer_override(tc: ConfigView, is_swa: list[bool], key: str) -> int | N
     return values.pop() if values else None
 
 
-def text_params(config: dict) -> Layout:
-    """Validate a Gemma 4 config.json and derive everything the converter needs."""
-    tc = text_config(config)
+def _layer_types(tc: ConfigView) -> list[bool]:
+    """Per layer: sliding (True) or full attention."""
     n_layer = tc.int("num_hidden_layers", minimum=1)
     layer_types = tc.list("layer_types")
     if layer_types is None:  # transformers' default: every 6th layer is full, the last always
@@ -205,8 +205,10 @@ def text_params(config: dict) -> Layout:
         layer_types[-1] = "full_attention"
     if len(layer_types) != n_layer or any(t not in ("sliding_attention", "full_attention") for t in layer_types):
         raise CheckpointError(f"config.json: layer_types must list {n_layer} of 'sliding_attention'/'full_attention'")
-    is_swa = [t == "sliding_attention" for t in layer_types]
+    return [t == "sliding_attention" for t in layer_types]
 
+
+def _check_supported(tc: ConfigView) -> None:
     act = tc.str("hidden_activation", "gelu_pytorch_tanh")
     if act != "gelu_pytorch_tanh":
         raise ConvertError(f"config.json: hidden_activation {act!r} is not supported by llama.cpp's Gemma 4")
@@ -215,6 +217,9 @@ def text_params(config: dict) -> Layout:
     if tc.str("use_bidirectional_attention") == "all":
         raise ConvertError("config.json: use_bidirectional_attention='all' is not supported by llama.cpp")
 
+
+def _attention(tc: ConfigView, is_swa: list[bool]) -> dict[str, int | bool]:
+    """Head counts and widths; full-attention layers may differ (K=V on 26B-A4B and 31B)."""
     head_dim = tc.int("head_dim", minimum=2)
     head_dim_full = (
         tc.int("global_head_dim", minimum=2)
@@ -233,7 +238,18 @@ def text_params(config: dict) -> Layout:
     for heads_kv in (n_kv, n_kv_full):
         if n_head % heads_kv:
             raise CheckpointError(f"config.json: num_attention_heads {n_head} is not a multiple of {heads_kv}")
+    return dict(
+        n_head=n_head,
+        n_head_kv_swa=n_kv,
+        n_head_kv_full=n_kv_full,
+        head_dim_swa=head_dim,
+        head_dim_full=head_dim_full,
+        k_eq_v=k_eq_v,
+    )
 
+
+def _rope(tc: ConfigView) -> dict[str, float]:
+    """Sliding layers: default RoPE; full layers: "proportional" (a rotated fraction of each head)."""
     rope = tc.sub("rope_parameters")
     full = rope.sub("full_attention") if rope else None
     swa = rope.sub("sliding_attention") if rope else None
@@ -245,18 +261,25 @@ def text_params(config: dict) -> Layout:
         raise ConvertError(f"config.json: sliding-attention rope_type {swa.str('rope_type')!r} is not supported")
     if full.float("factor", 1.0) != 1.0:
         raise ConvertError("config.json: RoPE scaling factors are not supported")
+    return dict(
+        rope_theta_full=full.float("rope_theta", 1e6),
+        rope_theta_swa=swa.float("rope_theta", 1e4),
+        rotary_fraction_full=full.float("partial_rotary_factor", 1.0),
+        rotary_fraction_swa=swa.float("partial_rotary_factor", 1.0),
+    )
 
+
+def text_params(config: dict) -> Layout:
+    """Validate a Gemma 4 config.json and derive the text model's ``Layout``."""
+    tc = text_config(config)
+    is_swa = _layer_types(tc)
+    _check_supported(tc)
     moe = tc.bool("enable_moe_block")
     softcap = tc.data.get("final_logit_softcapping")
     hp = Layout(
-        n_layer=n_layer,
+        n_layer=len(is_swa),
         n_embd=tc.int("hidden_size", minimum=1),
         n_ff=tc.int("intermediate_size", minimum=1),
-        n_head=n_head,
-        n_head_kv_swa=n_kv,
-        n_head_kv_full=n_kv_full,
-        head_dim_swa=head_dim,
-        head_dim_full=head_dim_full,
         is_swa=tuple(is_swa),
         sliding_window=tc.int("sliding_window", minimum=1),
         rms_eps=tc.float("rms_norm_eps", 1e-6),
@@ -266,16 +289,13 @@ def text_params(config: dict) -> Layout:
         ple_dim=tc.int("hidden_size_per_layer_input", 0),
         n_kv_shared=tc.int("num_kv_shared_layers", 0),
         double_wide_mlp=tc.bool("use_double_wide_mlp"),
-        k_eq_v=k_eq_v,
-        rope_theta_full=full.float("rope_theta", 1e6),
-        rope_theta_swa=swa.float("rope_theta", 1e4),
-        rotary_fraction_full=full.float("partial_rotary_factor", 1.0),
-        rotary_fraction_swa=swa.float("partial_rotary_factor", 1.0),
         softcap=tc.float("final_logit_softcapping") if softcap else None,
         n_expert=tc.int("num_experts", minimum=1) if moe else 0,
         n_expert_used=tc.int("top_k_experts", minimum=1) if moe else 0,
         n_ff_expert=tc.int("moe_intermediate_size", minimum=1) if moe else 0,
         tied=ConfigView(config).bool("tie_word_embeddings", True) and tc.bool("tie_word_embeddings", True),
+        **_attention(tc, is_swa),
+        **_rope(tc),
     )
     check_loadable(hp)
     return hp
@@ -366,18 +386,6 @@ def rope_freqs(hp: Layout) -> np.ndarray:
 def expected_shapes(hp: Layout) -> dict[str, tuple[int, ...]]:
     """Every GGUF tensor the checkpoint must provide, with its HF (row-major) shape."""
     return {t.name: t.shape for t in hp.tensors()}
-
-
-F32_ALWAYS = re.compile(
-    r"(_norm(_\d)?\.weight|\.scale|ffn_gate_inp\.weight|layer_output_scale\.weight|rope_freqs\.weight)$"
-)
-
-
-def output_dtype(name: str, shape: tuple[int, ...], outtype: str) -> str:
-    """Norms, scales, the router and every 1-D tensor stay F32 (llama.cpp never quantizes them)."""
-    if len(shape) <= 1 or F32_ALWAYS.search(name):
-        return "F32"
-    return outtype
 
 
 def plan_text(hp: Layout, tensors: dict[str, TensorRef], n_vocab: int, outtype: str) -> Plan:

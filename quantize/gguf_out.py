@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,18 @@ GGML_TYPES = {
 }
 Progress = Callable[[int, int], None]
 KV = tuple[str, object, GGUFValueType, GGUFValueType | None]
+
+
+F32_ALWAYS = re.compile(
+    r"(_norm(_\d)?\.weight|\.scale|ffn_gate_inp\.weight|layer_output_scale\.weight|rope_freqs\.weight)$"
+)
+
+
+def output_dtype(name: str, shape: tuple[int, ...], outtype: str) -> str:
+    """Norms, scales, the router and every 1-D tensor stay F32 (llama.cpp never quantizes them)."""
+    if len(shape) <= 1 or F32_ALWAYS.search(name):
+        return "F32"
+    return outtype
 
 
 BYTES_PER_BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34)}  # (block, bytes)

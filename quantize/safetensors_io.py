@@ -61,7 +61,7 @@ def _fail(path: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{path.name}: {what}", hint=f"the file may be damaged; file: {path}")
 
 
-def read_header(path: Path) -> dict[str, TensorRef]:
+def read_header(path: Path) -> dict[str, TensorRef]:  # long: one check per way a header can lie, in order
     """Parse and validate the header of one ``.safetensors`` file."""
     path = Path(path)
     try:

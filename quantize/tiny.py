@@ -6,7 +6,8 @@
 generation_config.json and processor_config.json. numpy + JSON only, so the product itself can
 use it (``g4 doctor``); tests load the very same files with transformers.
 
-Initialisation follows shared/spec/tiny-checkpoints.md so that parity tests can fail: token
+Initialisation is chosen so that parity tests can fail (default random init makes them
+meaningless: near one-hot attention, noise-decided expert routing): token
 embeddings with std 1/sqrt(hidden), final norm ~3, q/k norms ~head_dim^-0.25, router std 2,
 ``layer_scalar`` U(0.5, 1), clip bounds of ~±2 so the clamps act.
 """
@@ -25,149 +26,7 @@ from g4cli import fsutil
 from quantize import gemma4, tensor_map, tiny_tokenizer
 from quantize import safetensors_io as st
 from quantize.mmproj import audio_tensors, vision_tensors
-
-S, F = "sliding_attention", "full_attention"
-
-# Family shapes: real layouts shrunk. Widths are multiples of 256 so K-quants apply unchanged.
-FAMILIES: dict[str, dict] = {
-    "e2b": {  # PLE, KV sharing (5 of 10 layers), double-wide MLP on shared layers, audio
-        "text": dict(
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=10,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=64,
-            global_head_dim=128,
-            hidden_size_per_layer_input=256,
-            num_kv_shared_layers=5,
-            use_double_wide_mlp=True,
-            layer_types=[S, S, S, S, F] * 2,
-        ),
-        "vision": "small",
-        "audio": True,
-    },
-    "e4b": {  # PLE, KV sharing (6 of 12 layers), audio
-        "text": dict(
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=12,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=64,
-            global_head_dim=128,
-            hidden_size_per_layer_input=256,
-            num_kv_shared_layers=6,
-            layer_types=[S, S, S, S, S, F] * 2,
-        ),
-        "vision": "small",
-        "audio": True,
-    },
-    "26b-a4b": {  # mixture of experts beside a dense MLP, K=V on full layers, per-layer KV heads
-        "text": dict(
-            hidden_size=256,
-            intermediate_size=256,
-            num_hidden_layers=6,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            num_global_key_value_heads=1,
-            head_dim=64,
-            global_head_dim=128,
-            hidden_size_per_layer_input=0,
-            attention_k_eq_v=True,
-            enable_moe_block=True,
-            num_experts=8,
-            top_k_experts=2,
-            moe_intermediate_size=256,
-            layer_types=[S, S, F, S, S, F],
-            use_bidirectional_attention="vision",
-        ),
-        "vision": "large",
-        "audio": False,
-    },
-    "31b": {  # dense, K=V on full layers, per-layer KV heads, no PLE
-        "text": dict(
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=6,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            num_global_key_value_heads=1,
-            head_dim=64,
-            global_head_dim=128,
-            hidden_size_per_layer_input=0,
-            attention_k_eq_v=True,
-            layer_types=[S, S, F, S, S, F],
-            use_bidirectional_attention="vision",
-        ),
-        "vision": "large",
-        "audio": False,
-    },
-    "e2b-real": {  # the real E2B shapes (random values) for benchmarks
-        "text": dict(
-            hidden_size=1536,
-            intermediate_size=6144,
-            num_hidden_layers=35,
-            num_attention_heads=8,
-            num_key_value_heads=1,
-            head_dim=256,
-            global_head_dim=512,
-            hidden_size_per_layer_input=256,
-            num_kv_shared_layers=20,
-            use_double_wide_mlp=True,
-            layer_types=[S, S, S, S, F] * 7,
-            sliding_window=512,
-            vocab_size=262144,
-            max_position_embeddings=131072,
-        ),
-        "vision": "e2b",
-        "audio": "e2b",
-    },
-}
-ALIASES = {"26b": "26b-a4b", "a4b": "26b-a4b", "e2b_real": "e2b-real"}
-
-TEXT_DEFAULTS = dict(
-    attention_bias=False,
-    attention_dropout=0.0,
-    attention_k_eq_v=False,
-    bos_token_id=2,
-    enable_moe_block=False,
-    eos_token_id=1,
-    final_logit_softcapping=30.0,
-    hidden_activation="gelu_pytorch_tanh",
-    initializer_range=0.02,
-    max_position_embeddings=4096,
-    model_type="gemma4_text",
-    moe_intermediate_size=None,
-    num_experts=None,
-    num_kv_shared_layers=0,
-    pad_token_id=0,
-    rms_norm_eps=1e-06,
-    rope_parameters={
-        "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
-        "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
-    },
-    sliding_window=8,
-    tie_word_embeddings=True,
-    top_k_experts=None,
-    use_bidirectional_attention=None,
-    use_cache=True,
-    use_double_wide_mlp=False,
-    vocab_size=1024,
-)
-VISION = {
-    "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
-                  position_embedding_size=10240, use_clipped_linears=True, standardize=False),
-    "large": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
-                  position_embedding_size=10240, use_clipped_linears=False, standardize=True),
-    "e2b": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12, head_dim=64,
-                position_embedding_size=10240, use_clipped_linears=True, standardize=False),
-}  # fmt: skip
-AUDIO = {
-    True: dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, output_proj_dims=96),
-    "e2b": dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, output_proj_dims=1536),
-}
-
+from quantize.tiny_families import ALIASES, AUDIO, FAMILIES, TEXT_DEFAULTS, VISION, F
 
 # --- config.json ----------------------------------------------------------------------------
 
@@ -387,7 +246,12 @@ def make_checkpoint(
     if only:
         tensors = [(n, s) for n, s in tensors if any(o in n for o in only)]
 
-    specs = [st.TensorSpec(n, dtype, tuple(s)) for n, s in tensors]
+    _write_weights(out, [st.TensorSpec(n, dtype, tuple(s)) for n, s in tensors], tc, seed, shard_bytes, endless)
+    _write_files(out, cfg)
+    return out
+
+
+def _shards(specs: list[st.TensorSpec], shard_bytes: int | None) -> list[list[st.TensorSpec]]:
     shards: list[list[st.TensorSpec]] = [[]]
     size = 0
     for spec in specs:
@@ -396,8 +260,15 @@ def make_checkpoint(
             size = 0
         shards[-1].append(spec)
         size += spec.nbytes
-    chunk = st.CHUNK_BYTES // 4
+    return shards
 
+
+def _write_weights(
+    out: Path, specs: list[st.TensorSpec], tc: dict, seed: int, shard_bytes: int | None, endless: bool
+) -> None:
+    """The safetensors shards (and their index when there are several), values streamed."""
+    shards = _shards(specs, shard_bytes)
+    chunk = st.CHUNK_BYTES // 4
     stop_ids = [i for i, t in tiny_tokenizer.SPECIALS.items() if t in ("<eos>", "<turn|>", "<|tool_response>")]
 
     def fill(spec: st.TensorSpec) -> Iterator[np.ndarray]:
@@ -410,7 +281,7 @@ def make_checkpoint(
                     if hi > 0 and lo < len(x):
                         x[max(lo, 0) : min(hi, len(x))] = 0.0
             done += len(x)
-            yield st.convert_raw(x, "F32", dtype)
+            yield st.convert_raw(x, "F32", spec.dtype)
 
     names = (
         ["model.safetensors"]
@@ -426,6 +297,10 @@ def make_checkpoint(
         }
         _write_json(out / "model.safetensors.index.json", index)
 
+
+def _write_files(out: Path, cfg: dict) -> None:
+    """config.json, the tokenizer files, the chat template, generation and processor configs."""
+    tc = cfg["text_config"]
     tokenizer, tok_config = tiny_tokenizer.build(tc["vocab_size"])
     _write_json(out / "config.json", cfg)
     _write_json(out / "tokenizer.json", tokenizer, compact=tc["vocab_size"] > 4096)
@@ -437,7 +312,6 @@ def make_checkpoint(
     )
     if cfg.get("vision_config") or cfg.get("audio_config"):
         _write_json(out / "processor_config.json", processor_config(cfg))
-    return out
 
 
 def processor_config(cfg: dict) -> dict:

@@ -131,6 +131,33 @@ def build(vocab_size: int = 1024) -> tuple[dict, dict]:
     if len(vocab) < vocab_size:  # full-size vocabularies (benchmarks): plain filler pieces
         for i in range(len(vocab), vocab_size):
             vocab[f"{SPACE}w{i}"] = i
+    return _tokenizer_json(vocab, merges), dict(TOKENIZER_CONFIG)
+
+
+TOKENIZER_CONFIG = {
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+    "boi_token": "<|image>",
+    "eoi_token": "<image|>",
+    "image_token": "<|image|>",
+    "boa_token": "<|audio>",
+    "eoa_token": "<audio|>",
+    "audio_token": "<|audio|>",
+    "clean_up_tokenization_spaces": False,
+    "model_max_length": 1000000000000000019884624838656,
+    "padding_side": "left",
+    "spaces_between_special_tokens": False,
+    "tokenizer_class": "GemmaTokenizer",
+}
+
+
+def _tokenizer_json(vocab: dict[str, int], merges: list[list[str]]) -> dict:
+    """tokenizer.json in the layout the Gemma releases use (BPE with byte fallback)."""
     added = [
         {
             "id": i,
@@ -187,27 +214,7 @@ def build(vocab_size: int = 1024) -> tuple[dict, dict]:
             "merges": merges,
         },
     }
-    config = {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "bos_token": "<bos>",
-        "eos_token": "<eos>",
-        "pad_token": "<pad>",
-        "unk_token": "<unk>",
-        "mask_token": "<mask>",
-        "boi_token": "<|image>",
-        "eoi_token": "<image|>",
-        "image_token": "<|image|>",
-        "boa_token": "<|audio>",
-        "eoa_token": "<audio|>",
-        "audio_token": "<|audio|>",
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 1000000000000000019884624838656,
-        "padding_side": "left",
-        "spaces_between_special_tokens": False,
-        "tokenizer_class": "GemmaTokenizer",
-    }
-    return tokenizer, config
+    return tokenizer
 
 
 # The Gemma 4 prompt format (a compact template with the same output as the released one for

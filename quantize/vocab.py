@@ -48,16 +48,40 @@ def _token_text(value: object) -> str | None:
 
 
 def load_vocab(root: Path, config: dict) -> Vocab:
+    """tokenizer.json + tokenizer_config.json -> what the GGUF's tokenizer keys hold (validated)."""
     tok = read_json(root / "tokenizer.json")
     model = tok.get("model") if isinstance(tok, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         raise CheckpointError("tokenizer.json: expected a BPE tokenizer model (Gemma 4)")
+    tokens, types = _token_table(tok, model)
+    tc_path = root / "tokenizer_config.json"
+    tcfg = read_json(tc_path) if tc_path.exists() else {}
+    if not isinstance(tcfg, dict):
+        raise CheckpointError("tokenizer_config.json: not a JSON object")
+    return Vocab(
+        tokens=tokens,
+        scores=[-1000.0] * len(tokens),
+        types=[int(t) for t in types],
+        merges=_merges(model),
+        special_ids=_special_ids(tokens, tcfg, config),
+        add_bos=True,  # llama.cpp forces it for Gemma 4 anyway
+        add_eos=bool(tcfg.get("add_eos_token", False)),
+        chat_template=load_chat_template(root, tcfg),
+    )
+
+
+def _valid_id(idx: object) -> bool:
+    return isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < MAX_TOKENS
+
+
+def _token_table(tok: dict, model: dict) -> tuple[list[str], list[TokenType]]:
+    """Every token's text and llama.cpp type, by id (ids must be contiguous)."""
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise CheckpointError("tokenizer.json: model.vocab is missing or empty")
     by_id: dict[int, str] = {}
     for text, idx in vocab.items():
-        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < MAX_TOKENS:
+        if not _valid_id(idx):
             raise CheckpointError(f"tokenizer.json: token {text!r} has invalid id {idx!r}")
         by_id[idx] = text
     special: set[int] = set()
@@ -68,7 +92,7 @@ def load_vocab(root: Path, config: dict) -> Vocab:
     for entry in added:
         idx = entry.get("id") if isinstance(entry, dict) else None
         text = entry.get("content") if isinstance(entry, dict) else None
-        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < MAX_TOKENS or not isinstance(text, str):
+        if not _valid_id(idx) or not isinstance(text, str):
             raise CheckpointError(f"tokenizer.json: malformed added token {entry!r}")
         by_id[idx] = text
         (special if entry.get("special") else user_defined).add(idx)
@@ -76,7 +100,6 @@ def load_vocab(root: Path, config: dict) -> Vocab:
     gaps = [i for i in range(n) if i not in by_id]
     if gaps:
         raise CheckpointError(f"tokenizer.json: token ids have gaps (first missing id {gaps[0]})")
-
     tokens, types = [], []
     for i in range(n):
         text = by_id[i]
@@ -91,7 +114,10 @@ def load_vocab(root: Path, config: dict) -> Vocab:
             types.append(TokenType.BYTE)
         else:
             types.append(TokenType.NORMAL)
+    return tokens, types
 
+
+def _merges(model: dict) -> list[str]:
     raw_merges = model.get("merges") or []
     if not isinstance(raw_merges, list) or not raw_merges:
         raise CheckpointError("tokenizer.json: BPE merges are missing (llama.cpp requires them)")
@@ -103,36 +129,29 @@ def load_vocab(root: Path, config: dict) -> Vocab:
             merges.append(f"{m[0]} {m[1]}")
         else:
             raise CheckpointError(f"tokenizer.json: malformed merge {m!r}")
+    return merges
 
-    tc_path = root / "tokenizer_config.json"
-    tcfg = read_json(tc_path) if tc_path.exists() else {}
-    if not isinstance(tcfg, dict):
-        raise CheckpointError("tokenizer_config.json: not a JSON object")
+
+SPECIAL_ROLES = (("bos", "<bos>"), ("eos", "<eos>"), ("unk", "<unk>"), ("pad", "<pad>"), ("mask", "<mask>"))
+
+
+def _special_ids(tokens: list[str], tcfg: dict, config: dict) -> dict[str, int]:
+    """bos/eos/unk/pad/mask ids: the tokenizer config's token text, else config.json's id."""
     ids = {text: i for i, text in enumerate(tokens)}
     text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     special_ids: dict[str, int] = {}
-    for role, default in (("bos", "<bos>"), ("eos", "<eos>"), ("unk", "<unk>"), ("pad", "<pad>")):
+    for role, default in SPECIAL_ROLES:
         text = _token_text(tcfg.get(f"{role}_token")) or default
         if text in ids:
             special_ids[role] = ids[text]
         else:
             cfg_id = text_cfg.get(f"{role}_token_id")
             cfg_id = cfg_id[0] if isinstance(cfg_id, list) and cfg_id else cfg_id
-            if isinstance(cfg_id, int) and not isinstance(cfg_id, bool) and 0 <= cfg_id < n:
+            if _valid_id(cfg_id) and cfg_id < len(tokens):
                 special_ids[role] = cfg_id
     if "bos" not in special_ids or "eos" not in special_ids:
         raise CheckpointError("tokenizer: cannot find the <bos> and <eos> tokens")
-
-    return Vocab(
-        tokens=tokens,
-        scores=[-1000.0] * n,
-        types=[int(t) for t in types],
-        merges=merges,
-        special_ids=special_ids,
-        add_bos=True,  # llama.cpp forces it for Gemma 4 anyway
-        add_eos=bool(tcfg.get("add_eos_token", False)),
-        chat_template=load_chat_template(root, tcfg),
-    )
+    return special_ids
 
 
 def load_chat_template(root: Path, tcfg: dict) -> str | None:

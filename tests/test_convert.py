@@ -47,6 +47,8 @@ def test_gguf_has_the_keys_and_tensors_llama_cpp_expects(gguf, family: str) -> N
     assert kv["general.architecture"] == "gemma4"
     assert kv["tokenizer.ggml.model"] == "gemma4" and len(kv["tokenizer.ggml.merges"]) > 100
     assert kv["tokenizer.ggml.bos_token_id"] == 2 and kv["tokenizer.ggml.eos_token_id"] == 1
+    tokens = kv["tokenizer.ggml.tokens"]
+    assert tokens[kv["tokenizer.ggml.mask_token_id"]] == "<mask>"  # as llama.cpp's own converter writes it
     assert "<|turn>" in kv["tokenizer.chat_template"]
     assert isinstance(kv["gemma4.attention.sliding_window_pattern"], list)
     names = {t.name for t in reader.tensors}

@@ -144,6 +144,49 @@ def _enter_pressed() -> bool:
     return False
 
 
+class VoiceDetector:
+    """Energy-based voice detection in 20 ms frames: the noise floor is the quiet end of the first
+    0.3 s (voice already there counts as voice), lowered whenever the room gets quieter; ``done``
+    once ``silence`` seconds of quiet follow at least 0.1 s of voice."""
+
+    def __init__(self, rate: int, silence: float) -> None:
+        self.frame = max(1, int(rate * FRAME_S))
+        self.silence = silence
+        self.pending: np.ndarray | None = None
+        self.frame_rms: list[float] = []
+        self.floor: float | None = None
+        self.voiced_s = self.quiet_s = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.voiced_s >= SPEECH_MIN_S and self.quiet_s >= self.silence
+
+    def feed(self, block: np.ndarray) -> list[tuple[float, bool]]:
+        """(rms, speaking) for every whole frame in ``block`` (frames: (n, channels) float32)."""
+        pending = block if self.pending is None else np.concatenate([self.pending, block])
+        levels = []
+        while len(pending) >= self.frame:
+            f, pending = pending[: self.frame], pending[self.frame :]
+            rms = float(np.sqrt(np.mean(np.square(f.mean(axis=1)))))
+            self.frame_rms.append(rms)
+            if self.floor is None:
+                if len(self.frame_rms) * FRAME_S >= CALIBRATE_S:
+                    self.floor = float(np.percentile(self.frame_rms, 10))
+                    threshold = max(ABS_FLOOR, self.floor * FLOOR_FACTOR)
+                    self.voiced_s = FRAME_S * sum(r > threshold for r in self.frame_rms)
+                continue
+            self.floor = min(self.floor, rms) if rms > 0 else self.floor  # a quieter room lowers the bar
+            speaking = rms > max(ABS_FLOOR, self.floor * FLOOR_FACTOR)
+            if speaking:
+                self.voiced_s += FRAME_S
+                self.quiet_s = 0.0
+            elif self.voiced_s >= SPEECH_MIN_S:
+                self.quiet_s += FRAME_S
+            levels.append((rms, speaking))
+        self.pending = pending
+        return levels
+
+
 def record(
     device: str | None = None,
     *,
@@ -161,12 +204,8 @@ def record(
     def callback(indata: np.ndarray, frames: int, t: Any, status: Any) -> None:
         blocks.put(indata.copy())  # an overflow (status) loses a block at worst: keep going
 
-    frame = max(1, int(rate * FRAME_S))
+    vad = VoiceDetector(rate, silence)
     chunks: list[np.ndarray] = []
-    pending = np.zeros((0, channels), np.float32)
-    frame_rms: list[float] = []
-    floor = None
-    voiced_s = quiet_s = 0.0
     stopped_by = "limit"
     total = 0
     try:
@@ -186,32 +225,13 @@ def record(
                 raise AudioDeviceError(f"input device {info['name']!r} failed while recording")
             chunks.append(block)
             total += len(block)
-            pending = np.concatenate([pending, block])
-            while len(pending) >= frame:
-                f, pending = pending[:frame], pending[frame:]
-                rms = float(np.sqrt(np.mean(np.square(f.mean(axis=1)))))
-                frame_rms.append(rms)
-                if floor is None:
-                    if len(frame_rms) * FRAME_S >= CALIBRATE_S:
-                        # the quiet end of the first 0.3 s; voice already there counts as voice
-                        floor = float(np.percentile(frame_rms, 10))
-                        threshold = max(ABS_FLOOR, floor * FLOOR_FACTOR)
-                        voiced_s = FRAME_S * sum(r > threshold for r in frame_rms)
-                    continue
-                floor = min(floor, rms) if rms > 0 else floor  # a quieter room lowers the bar
-                speaking = rms > max(ABS_FLOOR, floor * FLOOR_FACTOR)
-                if speaking:
-                    voiced_s += FRAME_S
-                    quiet_s = 0.0
-                elif voiced_s >= SPEECH_MIN_S:
-                    quiet_s += FRAME_S
+            for rms, speaking in vad.feed(block):
                 if on_level:
                     on_level(total / rate, rms, speaking)
-            elapsed = total / rate
-            if voiced_s >= SPEECH_MIN_S and quiet_s >= silence:
+            if vad.done:
                 stopped_by = "silence"
                 break
-            if elapsed >= max_seconds:
+            if total / rate >= max_seconds:
                 break
             if _enter_pressed():
                 stopped_by = "enter"

@@ -11,7 +11,7 @@ import typer
 from g4cli.options import ThreadsOpt
 
 
-def chat(
+def chat(  # long: one parameter per option, as Typer declares them; the body only builds ChatOptions
     model: Annotated[
         str | None,
         typer.Argument(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from g4cli.models.catalog import DEFAULT_CTX
-from quantize.gemma4 import F32_ALWAYS
+from quantize.gguf_out import F32_ALWAYS
 
 if TYPE_CHECKING:
     from quantize.gemma4 import Layout

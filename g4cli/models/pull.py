@@ -113,7 +113,7 @@ def _exclusive(name: str, quant: str, tag: str) -> Iterator[None]:
 
 def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOptions) -> store.ModelEntry:
     """Under the model's lock: the fit check, the download (from the Hub), convert, the manifest."""
-    from g4cli.models import fit, hub
+    from g4cli.models import download, fit, hub
     from g4cli.render import ByteProgress
     from quantize.checkpoint import open_checkpoint, read_json
 
@@ -123,32 +123,32 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
         weights = sum(p.stat().st_size for p in open_checkpoint(checkpoint).files)  # validates it first
         info(f"{tag}: {checkpoint.resolve()}")
         source: dict[str, str] = {"path": str(checkpoint.resolve())}
-        download, cache = 0, store.store_root()
+        to_fetch, cache = 0, store.store_root()
     else:
         assert ref.repo is not None
         snap = hub.open_snapshot(ref.repo, opts.revision or "main")
         why = f" (from the cache: {snap.offline})" if snap.offline else ""
         info(f"{tag}: {snap.repo} @ {snap.commit[:7]}{why}")
         hub.clean_orphans(snap)
-        hub.download(snap, [f for f in snap.files if f.path in ("config.json", hub.INDEX)])  # for the estimate
+        download.download(snap, [f for f in snap.files if f.path in ("config.json", hub.INDEX)])  # for the estimate
         checkpoint, weights = snap.dir, sum(f.size for f in snap.weights)
         source = {"repo": snap.repo, "revision": snap.revision, "commit": snap.commit}
-        download, cache = snap.remaining_bytes(), snap.storage
-    est = fit.estimate(read_json(checkpoint / "config.json"), quant=quant, source_bytes=weights, download=download)
+        to_fetch, cache = snap.remaining_bytes(), snap.storage
+    est = fit.estimate(read_json(checkpoint / "config.json"), quant=quant, source_bytes=weights, download=to_fetch)
     _check_fit(tag, est, fit.disk_needs(est, store.store_root(), cache), opts.force)
 
     progress = ByteProgress()
     update = _with_test_pause(progress.update)
     with progress.running():
         if snap is not None:
-            fetched = hub.download(snap, snap.files, update)
-            hub.verify(snap, update)
+            fetched = download.download(snap, snap.files, update)
+            download.verify(snap, update)
             if fetched:
                 info(f"downloaded {human_bytes(fetched)} into {snap.storage} (sha256 verified)")
         files = _convert(checkpoint, directory, quant, opts.keep_source, opts.threads, update)
     entry = _finish(ref.name, quant, directory, checkpoint, source, files, est)
     if snap is not None and opts.remove_download:
-        freed = hub.remove_weights(snap)
+        freed = download.remove_weights(snap)
         info(f"removed the downloaded weights from the Hugging Face cache ({human_bytes(freed)})")
     return entry
 

@@ -22,8 +22,10 @@ import numpy as np
 from g4cli.chat import template
 from g4cli.chat.conversation import Event, Stats, Turn
 from g4cli.chat.media import Media
-from g4cli.chat.runtime.cache import MediaUnit, Sequence, Unit, n_pos
+from g4cli.chat.runtime.cache import MediaUnit, Sequence
+from g4cli.chat.runtime.handle import Handle
 from g4cli.chat.runtime.llama_log import LOG
+from g4cli.chat.runtime.prompt import Prompt, tokenize_media_prompt
 from g4cli.chat.settings import Sampling
 from g4cli.errors import CapabilityError, RuntimeFailure
 from g4cli.models.catalog import DEFAULT_CTX  # shared with the fit estimate of g4 pull
@@ -62,31 +64,7 @@ def _trained_context(gguf: Path) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-class Prompt:
-    """A tokenized prompt: its units and, for media, mtmd's chunks (freed by ``close``)."""
-
-    def __init__(self, units: list[Unit], chunks: object | None = None, media: dict[int, object] | None = None):
-        self.units = units
-        self.chunks = chunks
-        self.media = media or {}  # unit index -> mtmd chunk
-
-    @property
-    def n_pos(self) -> int:
-        return n_pos(self.units)
-
-    def close(self) -> None:
-        if self.chunks is not None:
-            mtmd.mtmd_input_chunks_free(self.chunks)
-            self.chunks = None
-
-    def __enter__(self) -> Prompt:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Model:
+class Model(Handle):
     """A loaded model with one context of ``n_seq`` sequences; ``generate(turns, sampling)``
     answers on the first one."""
 
@@ -260,23 +238,6 @@ class Model:
         for m in media:
             self.require("vision" if m.kind == "image" else "audio", m.name)
 
-    def _bitmaps(self, media: list[Media]) -> list:
-        bitmaps = []
-        for m in media:
-            if m.kind == "image":
-                h, w = m.pixels.shape[:2]
-                data = np.ascontiguousarray(m.pixels).tobytes()
-                bmp = mtmd.mtmd_bitmap_init(w, h, (ctypes.c_ubyte * len(data)).from_buffer_copy(data))
-                mtmd.mtmd_bitmap_set_id(bmp, m.sha256.encode())
-                bitmaps.append(bmp)
-                continue
-            for i, piece in enumerate(m.pieces):
-                pcm = np.ascontiguousarray(piece, dtype=np.float32)
-                bmp = mtmd.mtmd_bitmap_init_from_audio(len(pcm), pcm.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-                mtmd.mtmd_bitmap_set_id(bmp, f"{m.sha256}:{i}".encode())
-                bitmaps.append(bmp)
-        return bitmaps
-
     def tokenize_prompt(self, prompt: str, media: list[Media]) -> Prompt:
         """A rendered prompt (mtmd markers where media go) as units: tokens and media chunks.
 
@@ -286,36 +247,7 @@ class Model:
         self.check_media(media)
         if self._mtmd is None:
             return Prompt(self.tokenize(prompt))
-        bitmaps = self._bitmaps(media)
-        chunks = mtmd.mtmd_input_chunks_init()
-        try:
-            data = prompt.encode("utf-8")
-            text = mtmd.mtmd_input_text()
-            text.text, text.text_len, text.add_special, text.parse_special = data, len(data), False, True
-            arr = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
-            rc = mtmd.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(text), arr, len(bitmaps))
-            if rc != 0:
-                raise RuntimeFailure(f"cannot tokenize the prompt with its media (mtmd error {rc})")
-        except BaseException:
-            mtmd.mtmd_input_chunks_free(chunks)
-            raise
-        finally:
-            for bmp in bitmaps:
-                mtmd.mtmd_bitmap_free(bmp)
-        prompt_ = Prompt([], chunks)
-        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-            if mtmd.mtmd_input_chunk_get_type(chunk) == 0:  # MTMD_INPUT_CHUNK_TYPE_TEXT
-                n = ctypes.c_size_t(0)
-                toks = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                prompt_.units.extend(toks[j] for j in range(n.value))
-            else:
-                key = (mtmd.mtmd_input_chunk_get_id(chunk) or b"").decode()
-                prompt_.media[len(prompt_.units)] = chunk
-                prompt_.units.append(
-                    MediaUnit(key, mtmd.mtmd_input_chunk_get_n_tokens(chunk), mtmd.mtmd_input_chunk_get_n_pos(chunk))
-                )
-        return prompt_
+        return tokenize_media_prompt(self._mtmd, prompt, media)
 
     def media_tokens(self, media: Media) -> list[int]:
         """How many tokens each piece of an attachment becomes (mtmd's own sizing)."""
@@ -410,21 +342,12 @@ class Model:
             seq.clear()
 
     def close(self) -> None:
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._mtmd is not None:
-            mtmd.mtmd_free(self._mtmd)
-            self._mtmd = None
-        if self.ctx is not None:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self.model is not None:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
-
-    def __enter__(self) -> Model:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        for attr, free in (
+            ("_batch", llama_cpp.llama_batch_free),
+            ("_mtmd", mtmd.mtmd_free),
+            ("ctx", llama_cpp.llama_free),
+            ("model", llama_cpp.llama_model_free),
+        ):
+            if getattr(self, attr) is not None:
+                free(getattr(self, attr))
+                setattr(self, attr, None)

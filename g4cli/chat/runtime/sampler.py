@@ -7,12 +7,13 @@ from typing import Any
 
 import llama_cpp
 
+from g4cli.chat.runtime.handle import Handle
 from g4cli.chat.settings import Sampling
 
 PENALTY_WINDOW = 64  # tokens the repetition penalty looks back over
 
 
-class Sampler:
+class Sampler(Handle):
     """A llama.cpp sampler chain for one answer: penalties, top-k, top-p, min-p, temperature, dist
     (or greedy at temperature 0)."""
 
@@ -45,9 +46,3 @@ class Sampler:
         if self.chain is not None:
             llama_cpp.llama_sampler_free(self.chain)
             self.chain = None
-
-    def __enter__(self) -> Sampler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

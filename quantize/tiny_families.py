@@ -1,0 +1,145 @@
+"""The tiny test families as data: real Gemma 4 layouts shrunk (and one at full E2B size)."""
+
+from __future__ import annotations
+
+S, F = "sliding_attention", "full_attention"
+
+# Family shapes: real layouts shrunk. Widths are multiples of 256 so K-quants apply unchanged.
+FAMILIES: dict[str, dict] = {
+    "e2b": {  # PLE, KV sharing (5 of 10 layers), double-wide MLP on shared layers, audio
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=10,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=64,
+            global_head_dim=128,
+            hidden_size_per_layer_input=256,
+            num_kv_shared_layers=5,
+            use_double_wide_mlp=True,
+            layer_types=[S, S, S, S, F] * 2,
+        ),
+        "vision": "small",
+        "audio": True,
+    },
+    "e4b": {  # PLE, KV sharing (6 of 12 layers), audio
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=12,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+            global_head_dim=128,
+            hidden_size_per_layer_input=256,
+            num_kv_shared_layers=6,
+            layer_types=[S, S, S, S, S, F] * 2,
+        ),
+        "vision": "small",
+        "audio": True,
+    },
+    "26b-a4b": {  # mixture of experts beside a dense MLP, K=V on full layers, per-layer KV heads
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=256,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_global_key_value_heads=1,
+            head_dim=64,
+            global_head_dim=128,
+            hidden_size_per_layer_input=0,
+            attention_k_eq_v=True,
+            enable_moe_block=True,
+            num_experts=8,
+            top_k_experts=2,
+            moe_intermediate_size=256,
+            layer_types=[S, S, F, S, S, F],
+            use_bidirectional_attention="vision",
+        ),
+        "vision": "large",
+        "audio": False,
+    },
+    "31b": {  # dense, K=V on full layers, per-layer KV heads, no PLE
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_global_key_value_heads=1,
+            head_dim=64,
+            global_head_dim=128,
+            hidden_size_per_layer_input=0,
+            attention_k_eq_v=True,
+            layer_types=[S, S, F, S, S, F],
+            use_bidirectional_attention="vision",
+        ),
+        "vision": "large",
+        "audio": False,
+    },
+    "e2b-real": {  # the real E2B shapes (random values) for benchmarks
+        "text": dict(
+            hidden_size=1536,
+            intermediate_size=6144,
+            num_hidden_layers=35,
+            num_attention_heads=8,
+            num_key_value_heads=1,
+            head_dim=256,
+            global_head_dim=512,
+            hidden_size_per_layer_input=256,
+            num_kv_shared_layers=20,
+            use_double_wide_mlp=True,
+            layer_types=[S, S, S, S, F] * 7,
+            sliding_window=512,
+            vocab_size=262144,
+            max_position_embeddings=131072,
+        ),
+        "vision": "e2b",
+        "audio": "e2b",
+    },
+}
+ALIASES = {"26b": "26b-a4b", "a4b": "26b-a4b", "e2b_real": "e2b-real"}
+
+TEXT_DEFAULTS = dict(
+    attention_bias=False,
+    attention_dropout=0.0,
+    attention_k_eq_v=False,
+    bos_token_id=2,
+    enable_moe_block=False,
+    eos_token_id=1,
+    final_logit_softcapping=30.0,
+    hidden_activation="gelu_pytorch_tanh",
+    initializer_range=0.02,
+    max_position_embeddings=4096,
+    model_type="gemma4_text",
+    moe_intermediate_size=None,
+    num_experts=None,
+    num_kv_shared_layers=0,
+    pad_token_id=0,
+    rms_norm_eps=1e-06,
+    rope_parameters={
+        "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+        "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
+    },
+    sliding_window=8,
+    tie_word_embeddings=True,
+    top_k_experts=None,
+    use_bidirectional_attention=None,
+    use_cache=True,
+    use_double_wide_mlp=False,
+    vocab_size=1024,
+)
+VISION = {
+    "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
+                  position_embedding_size=10240, use_clipped_linears=True, standardize=False),
+    "large": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
+                  position_embedding_size=10240, use_clipped_linears=False, standardize=True),
+    "e2b": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12, head_dim=64,
+                position_embedding_size=10240, use_clipped_linears=True, standardize=False),
+}  # fmt: skip
+AUDIO = {
+    True: dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, output_proj_dims=96),
+    "e2b": dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, output_proj_dims=1536),
+}
