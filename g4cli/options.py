@@ -14,7 +14,9 @@ QuantOpt = Annotated[
         help="Quantization type: q4_k_m (default), q4_k_s, q4_0, q5_k_m, q6_k, q8_0, ... or f16/bf16/f32.",
     ),
 ]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores).")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", "-t", min=1, help="CPU threads for quantizing (default: all CPUs).")
+]
 ModelArg = Annotated[
     str,
     typer.Argument(

@@ -32,6 +32,9 @@ def loaded(choice: Choice, options: LoadOptions, *, needs: set[str] | None = Non
                 n_ctx=options.ctx,
                 n_threads=options.threads,
                 n_gpu_layers=options.gpu_layers,
+                flash_attn=options.flash_attn,
+                kv_type=options.kv_type,
+                image_tokens=options.image_tokens,
             )
         model.name = choice.name
         try:

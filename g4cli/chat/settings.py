@@ -28,6 +28,9 @@ LIMITS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "max_seconds": ("--max-seconds", lambda v: v > 0, "> 0"),
 }
 MIN_CTX = 64
+FLASH_ATTN = ("auto", "on", "off")
+KV_TYPES = ("f16", "q8_0", "q4_0")
+IMAGE_TOKENS = (70, 1120)  # the per-image budget llama.cpp's gemma4 projectors accept
 
 
 def _check(obj: Any) -> None:
@@ -92,11 +95,26 @@ class LoadOptions:
     threads: int | None = None  # None: the physical performance cores
     gpu_layers: int = 0
     mmproj: Path | None = None  # a projector for a model given as a GGUF path
+    flash_attn: str = "auto"  # auto: the measured best on CPU, llama.cpp's own choice on a GPU
+    kv_type: str = "f16"  # KV cache type; a quantized V cache needs flash attention
+    image_tokens: int | None = None  # per-image token budget (None: the default, see the runtime)
 
     def validate(self) -> LoadOptions:
         _check(self)
         if self.ctx is not None and self.ctx < MIN_CTX:
             raise UsageError(f"--ctx {self.ctx} is too small (at least {MIN_CTX} tokens)")
+        if self.flash_attn not in FLASH_ATTN:
+            raise UsageError(f"--flash-attn {self.flash_attn}: choose one of {', '.join(FLASH_ATTN)}")
+        if self.kv_type not in KV_TYPES:
+            raise UsageError(f"--kv-type {self.kv_type}: choose one of {', '.join(KV_TYPES)}")
+        if self.kv_type != "f16" and self.flash_attn == "off":
+            raise UsageError(
+                f"--kv-type {self.kv_type} needs flash attention (llama.cpp quantizes the V cache only with it)",
+                hint="drop --flash-attn off, or use --kv-type f16",
+            )
+        lo, hi = IMAGE_TOKENS
+        if self.image_tokens is not None and not lo <= self.image_tokens <= hi:
+            raise UsageError(f"--image-tokens must be in {lo}..{hi}")
         return self
 
 

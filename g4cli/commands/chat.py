@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from g4cli.options import ThreadsOpt
-
 
 def chat(  # long: one parameter per option, as Typer declares them; the body only builds ChatOptions
     model: Annotated[
@@ -50,7 +48,19 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     gpu_layers: Annotated[
         int, typer.Option("--gpu-layers", help="Layers to offload to a GPU (needs a GPU build).")
     ] = 0,
-    threads: ThreadsOpt = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", "-t", help="CPU threads (default: the physical cores, as llama.cpp).")
+    ] = None,
+    flash_attn: Annotated[
+        str, typer.Option("--flash-attn", help="Flash attention: auto (the measured best), on, off.")
+    ] = "auto",
+    kv_type: Annotated[
+        str, typer.Option("--kv-type", help="KV cache type: f16, q8_0, q4_0 (quantized needs flash attention).")
+    ] = "f16",
+    image_tokens: Annotated[
+        int | None,
+        typer.Option("--image-tokens", metavar="N", help="Tokens per image, 70-1120 (more: finer detail, e.g. OCR)."),
+    ] = None,
     mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (answer, thinking, tokens, timings).")
@@ -100,7 +110,15 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
         sampling=Sampling(
             **{k: v for k, v in given.items() if v is not None}, seed=seed, max_tokens=max_tokens, think=think
         ),
-        load=LoadOptions(ctx=ctx, threads=threads, gpu_layers=gpu_layers, mmproj=mmproj),
+        load=LoadOptions(
+            ctx=ctx,
+            threads=threads,
+            gpu_layers=gpu_layers,
+            mmproj=mmproj,
+            flash_attn=flash_attn,
+            kv_type=kv_type,
+            image_tokens=image_tokens,
+        ),
         mic=MicOptions(input_device=input_device, silence=silence, max_seconds=max_seconds, save_audio=save_audio),
         image=image or [],
         audio=audio or [],

@@ -24,6 +24,7 @@ from g4cli.chat.conversation import Event, Stats, Turn
 from g4cli.chat.media import Media
 from g4cli.chat.runtime.cache import MediaUnit, Sequence
 from g4cli.chat.runtime.handle import Handle
+from g4cli.chat.runtime.hardware import physical_cores
 from g4cli.chat.runtime.llama_log import LOG
 from g4cli.chat.runtime.prompt import Prompt, tokenize_media_prompt
 from g4cli.chat.settings import Sampling
@@ -31,6 +32,8 @@ from g4cli.errors import CapabilityError, RuntimeFailure
 from g4cli.models.catalog import DEFAULT_CTX  # shared with the fit estimate of g4 pull
 
 MARKER = "<__media__>"  # mtmd's media marker
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
+CPU_FLASH_ATTN = False  # flash attention on CPU-only loads with --flash-attn auto (see bench/knobs_bench.py)
 _CONTROL_TEXT = {"<|channel>": "open", "<channel|>": "close"}
 _BACKEND = {"ready": False}
 
@@ -78,6 +81,9 @@ class Model(Handle):
         n_gpu_layers: int = 0,
         n_batch: int = 512,
         n_seq: int = 1,
+        flash_attn: str = "auto",
+        kv_type: str = "f16",
+        image_tokens: int | None = None,
     ) -> None:
         self.path = Path(gguf)
         self.mmproj = Path(mmproj) if mmproj else None
@@ -89,7 +95,11 @@ class Model(Handle):
         if not _BACKEND["ready"]:
             llama_cpp.llama_backend_init()
             _BACKEND["ready"] = True
-        threads = n_threads or os.cpu_count() or 1
+        threads = n_threads or physical_cores()
+        self.threads = threads
+        self.flash_attn = self._flash_attn(flash_attn, kv_type, n_gpu_layers)
+        self.kv_type = kv_type
+        self.image_tokens = image_tokens
         if n_ctx is None:  # the default, but never beyond what the model was trained for
             n_ctx = min(DEFAULT_CTX, _trained_context(self.path) or DEFAULT_CTX)
         self.model = self.ctx = self._mtmd = self._batch = None
@@ -112,7 +122,8 @@ class Model(Handle):
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq
         cp.n_threads = cp.n_threads_batch = threads
-        cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.flash_attn_type = self.flash_attn
+        cp.type_k = cp.type_v = KV_TYPES[self.kv_type]
         cp.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
@@ -133,6 +144,20 @@ class Model(Handle):
         self.bos_text = self.piece(llama_cpp.llama_vocab_bos(self.vocab), special=True) or "<bos>"
         self._media_pos: dict[str, int] = {}  # media key -> positions it takes (mtmd's own sizing)
         self._warm_up()
+
+    @staticmethod
+    def _flash_attn(choice: str, kv_type: str, n_gpu_layers: int) -> int:
+        """llama.cpp's flash-attention switch for ``--flash-attn``: on CPU, auto means the setting
+        measured fastest; with layers on a GPU, llama.cpp decides. A quantized KV cache needs it."""
+        if choice == "on" or (choice == "auto" and kv_type != "f16"):
+            return llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        if choice == "off":
+            if kv_type != "f16":
+                raise RuntimeFailure(f"a {kv_type} KV cache needs flash attention")
+            return llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if n_gpu_layers > 0:
+            return llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        return llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if CPU_FLASH_ATTN else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
 
     def _warm_up(self) -> None:
         """What llama.cpp's own CLI does at load: one decode (thread pool, compute graph) and the
