@@ -114,6 +114,26 @@ def test_ctrl_c_stops_the_answer_and_the_repl_goes_on(endless, tmp_path: Path) -
     assert turns[0]["text"] == "Tell me everything" and len(turns[1]["text"]) > 0  # partial answer kept
 
 
+def test_stats_after_ctrl_c_show_the_stopped_answer(endless, tmp_path: Path) -> None:
+    child = spawn(endless, "--temp", "0", "-n", "100000", "--ctx", "8192", "--verbose", home=tmp_path)
+    child.sendline("Tell me everything")
+    child.expect_exact("thinking")
+    time.sleep(1.0)
+    child.sendintr()
+    child.expect(r"answer (\d+) tokens \(([\d.]+) tok/s\)")  # --verbose: printed for the stopped answer too
+    tokens, rate = int(child.match.group(1)), float(child.match.group(2))
+    child.expect_exact("stopped")
+    child.expect_exact(PROMPT)
+    assert tokens > 10 and rate > 0
+    child.sendline("/stats")
+    child.expect(r"prompt (\d+) tokens.*answer (\d+) tokens")
+    assert int(child.match.group(1)) > 5 and int(child.match.group(2)) == tokens  # not zeros: the stopped answer's
+    child.expect_exact("stopped")
+    child.expect_exact(PROMPT)
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+
+
 def test_history_persists_across_runs_and_can_be_switched_off(gguf, tmp_path: Path) -> None:
     model = gguf("e2b", "Q8_0")
     child = spawn(model, "-n", "2", home=tmp_path)
