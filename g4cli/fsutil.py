@@ -39,11 +39,12 @@ def fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path | str, *, error: type[Exception] = OutputError) -> Iterator[Path]:
+def atomic_output(path: Path | str, *, error: type[Exception] = OutputError, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and rename it into place.
 
     On any failure the temp file is deleted and ``path`` is untouched; an OSError becomes one
-    ``error`` line naming the file and the reason.
+    ``error`` line naming the file and the reason. ``durable=False`` skips the fsync: only for
+    an intermediate that is deleted anyway (a crash loses nothing a later run would miss).
     """
     path = Path(path)
     if path.is_dir():
@@ -56,7 +57,8 @@ def atomic_output(path: Path | str, *, error: type[Exception] = OutputError) -> 
     tmp = partial_path(path)
     try:
         yield tmp
-        fsync_file(tmp)
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise error(describe_os_error(e, str(path))) from e
