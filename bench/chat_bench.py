@@ -47,6 +47,30 @@ print(json.dumps({"ttft": first - t0, "tps": (count - 1) / (last - first), "toke
 """
 
 
+# the mid-size benchmark model: E2B widths and vocabulary, 8 layers (2 full, 3 KV-shared)
+MID_TEXT = dict(
+    num_hidden_layers=8,
+    num_kv_shared_layers=3,
+    layer_types=["sliding_attention"] * 4 + ["full_attention"] + ["sliding_attention"] * 2 + ["full_attention"],
+)
+
+
+def build_mid(d: Path, quant: str = "Q4_K_M") -> Path:
+    """The mid-size model as a GGUF in ``d`` (built once: kept if it is already there)."""
+    from quantize.converter import convert
+    from quantize.tiny import make_checkpoint
+
+    out = d / f"mid-{quant}.gguf"
+    if out.is_file():
+        return out
+    ckpt = make_checkpoint(d / "mid", "e2b-real", dtype="BF16", vision=False, audio=False, text=MID_TEXT, endless=True)
+    try:
+        convert(ckpt, out, quant=quant, mmproj_type=None)
+    finally:
+        shutil.rmtree(ckpt)
+    return out
+
+
 def g4_cmd() -> list[str]:
     exe = shutil.which("g4")
     return [exe] if exe else [sys.executable, "-m", "g4cli.app"]
@@ -127,20 +151,7 @@ def main() -> None:
         )
         compare("tiny E2B-layout model, Q8_0", tiny.text, args)
         if not args.skip_mid:
-            mid_text = dict(
-                num_hidden_layers=8,
-                num_kv_shared_layers=3,
-                layer_types=["sliding_attention"] * 4
-                + ["full_attention"]
-                + ["sliding_attention"] * 2
-                + ["full_attention"],
-            )
-            ckpt = make_checkpoint(
-                d / "mid", "e2b-real", dtype="BF16", vision=False, audio=False, text=mid_text, endless=True
-            )
-            mid = convert(ckpt, d / "mid.gguf", quant="Q4_K_M", mmproj_type=None)
-            shutil.rmtree(ckpt)
-            compare("mid-size model (E2B widths, 262k vocabulary, 8 layers), Q4_K_M", mid.text, args)
+            compare("mid-size model (E2B widths, 262k vocabulary, 8 layers), Q4_K_M", build_mid(d), args)
     startup()
 
 

@@ -14,6 +14,7 @@ from g4cli.commands import doctor as doctor_cmd
 from g4cli.commands import list as list_cmd
 from g4cli.commands import pull as pull_cmd
 from g4cli.commands import rm as rm_cmd
+from g4cli.commands import serve as serve_cmd
 from g4cli.commands import show as show_cmd
 from g4cli.errors import G4Error
 
@@ -29,6 +30,7 @@ app = typer.Typer(
         '  g4 chat e4b --image photo.jpg "What is this?"\n'
         '  cat notes.txt | g4 chat e4b "summarize" > summary.txt\n'
         "  g4 chat e4b --mic                         # speak; the answer is printed\n"
+        "  g4 serve e4b                              # OpenAI + Ollama APIs on :11435\n"
         "  g4 list; g4 show e4b; g4 rm e4b\n"
         "  g4 convert ./gemma-4-E2B-it --quant q8_0  # a local checkpoint -> GGUF\n"
         "  g4 doctor                                 # check this install, no download"
@@ -46,6 +48,7 @@ app.command("list")(list_cmd.list)
 app.command("show", no_args_is_help=True)(show_cmd.show)
 app.command("rm", no_args_is_help=True)(rm_cmd.rm)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
+app.command("serve")(serve_cmd.serve)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("devices")(devices_cmd.devices)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from gguf import GGUFValueType, Keys, LlamaFileType
 
-from g4cli.errors import UsageError
+from g4cli.errors import CheckpointError, UsageError
 from g4cli.fsutil import partial_path
 from quantize import gemma4, mmproj
-from quantize.checkpoint import Checkpoint, open_checkpoint
+from quantize.checkpoint import Checkpoint, open_checkpoint, read_json
 from quantize.gguf_out import KV, write_gguf
 from quantize.llama_quant import DEFAULT_QUANT, FLOAT_TYPES, parse_type, quantize
 from quantize.vocab import Vocab, load_vocab
@@ -21,6 +21,8 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 FILE_TYPES = {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16}
 STR, U32, BOOL, F32 = GGUFValueType.STRING, GGUFValueType.UINT32, GGUFValueType.BOOL, GGUFValueType.FLOAT32
 ARR = GGUFValueType.ARRAY
+# not in PyPI gguf 0.19.0 (vendored gguf-py constants.py:345); llama.cpp's loader takes INT32 only
+SUPPRESS_TOKENS = "tokenizer.ggml.suppress_tokens"
 
 
 @dataclass
@@ -62,7 +64,30 @@ def text_kv(ckpt: Checkpoint, hp: gemma4.TextParams, vocab: Vocab, outtype: str)
         (G.QUANTIZATION_VERSION, 2, U32, None),
         *gemma4.gguf_kv(hp),
         *vocab_kv(vocab),
+        *suppress_kv(suppress_tokens(ckpt.root, len(vocab))),
     ]
+
+
+def suppress_tokens(root: Path, n_vocab: int) -> list[int]:
+    """generation_config.json's ``suppress_tokens`` (the 12B has them): ids generation never picks.
+
+    transformers bans them in ``generate``; llama.cpp reads them from the GGUF (and bans them in
+    its common/ sampling code, which g4's sampler does itself). Ids outside the vocabulary are
+    left out, as llama.cpp's loader drops them."""
+    path = root / "generation_config.json"
+    if not path.is_file():
+        return []
+    config = read_json(path)
+    ids = config.get("suppress_tokens") if isinstance(config, dict) else None
+    if ids is None:
+        return []
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise CheckpointError("generation_config.json: suppress_tokens must be a list of token ids")
+    return [t for t in dict.fromkeys(ids) if 0 <= t < n_vocab]
+
+
+def suppress_kv(ids: list[int]) -> list[KV]:
+    return [(SUPPRESS_TOKENS, ids, ARR, GGUFValueType.INT32)] if ids else []
 
 
 def default_output(checkpoint: Path, quant: str, directory: Path | None = None) -> Path:
@@ -70,9 +95,12 @@ def default_output(checkpoint: Path, quant: str, directory: Path | None = None) 
 
 
 def write_text_gguf(
-    ckpt: Checkpoint, out: Path, outtype: str, on_progress: Progress | None = None
+    ckpt: Checkpoint, out: Path, outtype: str, on_progress: Progress | None = None, *, durable: bool = True
 ) -> tuple[int, list[tuple[str, str]]]:
-    """The text model as an unquantized GGUF; returns (tensor count, dropped tensors)."""
+    """The text model as an unquantized GGUF; returns (tensor count, dropped tensors).
+
+    ``durable=False``: no fsync, for the intermediate that llama.cpp quantizes and g4 deletes.
+    """
     hp = gemma4.text_params(ckpt.config)
     vocab = load_vocab(ckpt.root, ckpt.config)
     plan = gemma4.plan_text(hp, ckpt.tensors, len(vocab), outtype)
@@ -84,6 +112,7 @@ def write_text_gguf(
         kv,
         plan.tensors,
         (lambda done, total: on_progress("convert", done, total)) if on_progress else None,
+        durable=durable,
     )
     return len(plan.tensors), plan.dropped
 
@@ -156,7 +185,7 @@ def _convert_text(
     source_type = ckpt.source_dtype if ckpt.source_dtype in FLOAT_TYPES else "F32"
     intermediate = partial_path(out, f".{source_type}")
     try:
-        result.n_tensors, result.dropped = write_text_gguf(ckpt, intermediate, source_type, on_progress)
+        result.n_tensors, result.dropped = write_text_gguf(ckpt, intermediate, source_type, on_progress, durable=False)
         quantize(
             intermediate,
             out,

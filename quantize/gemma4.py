@@ -1,10 +1,11 @@
 """The Gemma 4 family: config -> GGUF keys, checkpoint tensors -> GGUF tensors.
 
 One file for E2B/E4B (per-layer embeddings "PLE", KV-shared layers, double-wide MLP), 26B-A4B
-(mixture of experts, K=V on full-attention layers) and 31B (K=V, per-layer KV head counts,
-proportional RoPE). What llama.cpp expects is what its loader and graph read (llama.cpp's
-``src/models/gemma4.cpp`` and ``src/llama-model.cpp`` as vendored by llama-cpp-python 0.3.36);
-every rule here names the variant it serves.
+(mixture of experts, K=V on full-attention layers), 31B (K=V, per-layer KV head counts,
+proportional RoPE) and the 12B "unified" model (31B's text layout, no vision or audio tower:
+``Gemma4Unified*``, the same ``gemma4`` text architecture). What llama.cpp expects is what its
+loader and graph read (llama.cpp's ``src/models/gemma4.cpp`` and ``src/llama-model.cpp`` as
+vendored by llama-cpp-python 0.3.36); every rule here names the variant it serves.
 """
 
 from __future__ import annotations
@@ -22,8 +23,18 @@ from quantize.gguf_out import OutTensor, Plan, output_dtype
 from quantize.safetensors_io import FLOAT_DTYPES, TensorRef
 
 ARCH = "gemma4"
-ARCHITECTURES = ("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM")
-MODEL_TYPES = ("gemma4", "gemma4_text")
+# 12B: raw pixel patches and waveform frames straight into the text model, no towers
+UNIFIED_ARCHITECTURES = ("Gemma4UnifiedForConditionalGeneration", "Gemma4UnifiedForCausalLM")
+UNIFIED_MODEL_TYPES = ("gemma4_unified", "gemma4_unified_text")
+ARCHITECTURES = ("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM", *UNIFIED_ARCHITECTURES)
+MODEL_TYPES = ("gemma4", "gemma4_text", *UNIFIED_MODEL_TYPES)
+
+
+def is_unified(config: dict) -> bool:
+    """The encoder-free 12B (``Gemma4Unified*``): its projector is ``gemma4uv``/``gemma4ua``."""
+    root = ConfigView(config)
+    archs = root.list("architectures") or []
+    return any(a in UNIFIED_ARCHITECTURES for a in archs) or root.str("model_type") in UNIFIED_MODEL_TYPES
 
 
 @dataclass(frozen=True)

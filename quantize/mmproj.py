@@ -1,9 +1,14 @@
 """The multimodal projector file (mmproj, arch ``clip``) from Gemma 4's vision and audio towers.
 
-Vision: projector ``gemma4v`` (all families); audio: ``gemma4a`` (E2B/E4B). Transforms, each a
-pure function tested on ``arange`` arrays: the patch embedding becomes a conv kernel, clipped-
-linear bounds become 1-element tensors, the audio ``per_dim_scale`` gets its softplus, the
-depthwise conv loses its singleton axis. Conv weights and the position table stay F32.
+Vision: projector ``gemma4v`` (E2B/E4B, 26B-A4B, 31B); audio: ``gemma4a`` (E2B/E4B). The 12B
+"unified" model has no towers: ``gemma4uv`` projects raw 48x48 pixel patches (LayerNorm, Linear,
+LayerNorm, a factorized x/y position table, LayerNorm, RMSNorm, Linear) and ``gemma4ua`` raw
+640-sample waveform frames (RMSNorm, Linear). Transforms, each a pure function tested on
+``arange`` arrays: the patch embedding becomes a conv kernel, clipped-linear bounds become
+1-element tensors, the audio ``per_dim_scale`` gets its softplus, the depthwise conv loses its
+singleton axis; for the 12B the pixel-facing weights are reordered from HWC to CHW (ggml's
+im2col order) and the position table becomes an x table and a y table. Conv weights and the
+position tables stay F32.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from gguf import GGUFValueType
 from g4cli.errors import CheckpointError, ConvertError
 from quantize import tensor_map
 from quantize.checkpoint import Checkpoint, ConfigView, read_json
-from quantize.gemma4 import OutTensor, Plan, text_config
+from quantize.gemma4 import OutTensor, Plan, is_unified, text_config
 from quantize.safetensors_io import FLOAT_DTYPES
 
 BLOCK_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
 N_MEL = 128  # Gemma 4's audio front end: 128 mel bins at 16 kHz
+FRAME = 640  # 12B: samples per audio token (40 ms at 16 kHz), fixed in llama.cpp's gemma4ua
 MMPROJ_TYPES = ("F16", "F32", "Q8_0")
 
 
@@ -98,6 +104,22 @@ def audio_tensors(ac: dict, text_hidden: int) -> list[tuple[str, tuple[int, ...]
     return out
 
 
+def unified_tensors(vc: dict | None, ac: dict | None, text_hidden: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The 12B's embedders (names as the release stores them, ``vc``/``ac`` from the views below)."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    if vc:
+        v, n_px, D = "model.vision_embedder.", 3 * vc["model_patch_size"] ** 2, vc["mm_embed_dim"]
+        out += [(v + "patch_ln1.weight", (n_px,)), (v + "patch_ln1.bias", (n_px,))]
+        out += [(v + "patch_dense.weight", (D, n_px)), (v + "patch_dense.bias", (D,))]
+        out += [(v + "patch_ln2.weight", (D,)), (v + "patch_ln2.bias", (D,))]
+        out.append((v + "pos_embedding", (vc["mm_posemb_size"], 2, D)))
+        out += [(v + "pos_norm.weight", (D,)), (v + "pos_norm.bias", (D,))]
+        out.append(("model.embed_vision.embedding_projection.weight", (text_hidden, D)))
+    if ac:
+        out.append(("model.embed_audio.embedding_projection.weight", (text_hidden, ac["audio_embed_dim"])))
+    return out
+
+
 # --- transforms --------------------------------------------------------------------------------
 
 
@@ -108,6 +130,38 @@ def patch_kernel(w: np.ndarray) -> np.ndarray:
     if 3 * p * p != n:
         raise ConvertError(f"patch projection width {n} is not 3*p*p")
     return np.ascontiguousarray(w.reshape(hidden, p, p, 3).transpose(0, 3, 1, 2))
+
+
+def chw_order(p: int) -> np.ndarray:
+    """For each pixel value of a p x p RGB patch in CHW order (what ggml's im2col yields), its
+    index in the HWC order the 12B's patches are flattened in: ``perm[i] = (y*p + x)*3 + c``."""
+    i = np.arange(3 * p * p)
+    c, y, x = i // (p * p), (i // p) % p, i % p
+    return (y * p + x) * 3 + c
+
+
+def _patch_side(n: int) -> int:
+    p = math.isqrt(n // 3)
+    if 3 * p * p != n:
+        raise ConvertError(f"patch width {n} is not 3*p*p")
+    return p
+
+
+def patch_columns_chw(w: np.ndarray) -> np.ndarray:
+    """12B ``patch_dense`` [D, p*p*3]: columns reordered HWC -> CHW, so column i meets im2col's value i."""
+    return np.ascontiguousarray(w[:, chw_order(_patch_side(w.shape[1]))])
+
+
+def patch_vector_chw(v: np.ndarray) -> np.ndarray:
+    """12B ``patch_ln1`` weight or bias [p*p*3]: reordered HWC -> CHW like the projection's columns."""
+    return np.ascontiguousarray(v[chw_order(_patch_side(v.shape[0]))])
+
+
+def xy_tables(t: np.ndarray) -> np.ndarray:
+    """12B ``pos_embedding`` [P, 2, D] (row i: x = i, y = i) -> [2, P, D]: the x table, then the y table."""
+    if t.ndim != 3 or t.shape[1] != 2:
+        raise ConvertError(f"position table has shape {list(t.shape)}, expected [P, 2, D]")
+    return np.ascontiguousarray(t.transpose(1, 0, 2))
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
@@ -128,6 +182,12 @@ def scalar_to_1d(x: np.ndarray) -> np.ndarray:
 def _transform(hf_name: str) -> Callable[[np.ndarray], np.ndarray] | None:
     if hf_name.endswith("patch_embedder.input_proj.weight"):
         return patch_kernel
+    if hf_name == "model.vision_embedder.patch_dense.weight":  # 12B
+        return patch_columns_chw
+    if hf_name in ("model.vision_embedder.patch_ln1.weight", "model.vision_embedder.patch_ln1.bias"):  # 12B
+        return patch_vector_chw
+    if hf_name == "model.vision_embedder.pos_embedding":  # 12B
+        return xy_tables
     if hf_name.endswith("self_attn.per_dim_scale"):
         return softplus
     if hf_name.endswith("depthwise_conv1d.weight"):
@@ -143,8 +203,8 @@ def _out_type(gguf_name: str, shape: tuple[int, ...], outtype: str) -> str:
         return "F32"
     if gguf_name.startswith(("a.conv1d.", "a.input_projection")) or ".conv_dw." in gguf_name:
         return "F32"
-    if outtype == "Q8_0" and (len(shape) != 2 or shape[-1] % 32):
-        return "F16"  # conv kernels and odd widths
+    if outtype == "Q8_0" and (len(shape) != 2 or shape[-1] % 32 or gguf_name == "v.patch_embd.weight"):
+        return "F16"  # conv kernels, the 12B's projection of raw pixels (as llama.cpp keeps it), odd widths
     return outtype
 
 
@@ -156,13 +216,14 @@ class Towers:
     vision: dict | None
     audio: dict | None
     text_hidden: int
+    unified: bool = False  # 12B: embedders of raw patches and waveform frames, no towers
 
 
 def towers(config: dict) -> Towers:
     tc = text_config(config)
     vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else None
     audio = config.get("audio_config") if isinstance(config.get("audio_config"), dict) else None
-    return Towers(vision or None, audio or None, tc.int("hidden_size", minimum=1))
+    return Towers(vision or None, audio or None, tc.int("hidden_size", minimum=1), is_unified(config))
 
 
 def has_towers(config: dict) -> bool:
@@ -172,6 +233,10 @@ def has_towers(config: dict) -> bool:
 
 def _expected(t: Towers) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {}
+    if t.unified:
+        vc = _unified_vision_view(t.vision) if t.vision else None
+        ac = _unified_audio_view(t.audio) if t.audio else None
+        return dict(unified_tensors(vc, ac, t.text_hidden))
     try:
         if t.vision:
             out.update(vision_tensors(_vision_view(t.vision), t.text_hidden))
@@ -180,6 +245,11 @@ def _expected(t: Towers) -> dict[str, tuple[int, ...]]:
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"config.json: vision/audio config is incomplete ({e})") from e
     return out
+
+
+def unified_layout(config: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """The 12B's embedder tensors, named and shaped from its config.json (validated)."""
+    return list(_expected(towers(config)).items())
 
 
 def _vision_view(vc: dict) -> dict:
@@ -195,6 +265,33 @@ def _vision_view(vc: dict) -> dict:
         "use_clipped_linears": v.bool("use_clipped_linears", False),
         "standardize": v.bool("standardize", False),
     }
+
+
+def _unified_vision_view(vc: dict) -> dict:
+    """12B ``Gemma4UnifiedVisionConfig`` (``model_patch_size`` is a property: absent from 5.23 saves)."""
+    v = ConfigView(vc, "vision_config.")
+    patch, pooling = v.int("patch_size", 16, minimum=1), v.int("pooling_kernel_size", 3, minimum=1)
+    D = v.int("mm_embed_dim", 3840, minimum=1)
+    if v.int("model_patch_size", patch * pooling) != patch * pooling:
+        raise CheckpointError("config.json: vision_config.model_patch_size is not patch_size * pooling_kernel_size")
+    if v.int("output_proj_dims", D) != D:
+        raise CheckpointError("config.json: vision_config.output_proj_dims must equal mm_embed_dim")
+    return {
+        "patch_size": patch,
+        "pooling_kernel_size": pooling,
+        "model_patch_size": patch * pooling,
+        "mm_embed_dim": D,
+        "mm_posemb_size": v.int("mm_posemb_size", 1120, minimum=1),
+        "rms_norm_eps": v.float("rms_norm_eps", 1e-6),
+    }
+
+
+def _unified_audio_view(ac: dict) -> dict:
+    a = ConfigView(ac, "audio_config.")
+    n = a.int("audio_embed_dim", FRAME, minimum=1)
+    if n != FRAME:  # clip.cpp fixes gemma4ua's frame at 640 samples, whatever the file says
+        raise ConvertError(f"config.json: audio_config.audio_embed_dim {n}: llama.cpp's gemma4ua takes {FRAME}")
+    return {"audio_embed_dim": n, "rms_norm_eps": a.float("rms_norm_eps", 1e-6)}
 
 
 def _audio_view(ac: dict) -> dict:
@@ -234,7 +331,13 @@ def plan_mmproj(ckpt: Checkpoint, outtype: str = "F16") -> Plan:
         fn = _transform(name)
         out_shape = tuple(fn(np.zeros(shape, np.float32)).shape) if fn else shape
         plan.tensors.append(OutTensor(gname, out_shape, _out_type(gname, out_shape, outtype), source=ref, transform=fn))
-    towers_prefix = ("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.")
+    towers_prefix = (
+        "model.vision_tower.",
+        "model.vision_embedder.",  # 12B
+        "model.embed_vision.",
+        "model.audio_tower.",
+        "model.embed_audio.",
+    )
     for name in ckpt.tensors:
         if name.startswith(towers_prefix) and name not in expected:
             raise ConvertError(f"unknown tower tensor {name!r}: no rule converts or drops it")
@@ -280,6 +383,8 @@ def mmproj_kv(ckpt: Checkpoint, outtype: str) -> list:
         ("clip.has_vision_encoder", bool(t.vision), BOOL, None),
         ("clip.has_audio_encoder", bool(t.audio), BOOL, None),
     ]
+    if t.unified:
+        return kv + _unified_kv(ckpt, t)
     if t.vision:
         v = _vision_view(t.vision)
         eps = ConfigView(t.vision).float("rms_norm_eps", 1e-6)
@@ -315,5 +420,44 @@ def mmproj_kv(ckpt: Checkpoint, outtype: str) -> list:
             ("clip.audio.attention.layer_norm_epsilon", eps, F32, None),
             ("clip.audio.projection_dim", t.text_hidden, U32, None),
             ("clip.audio.num_mel_bins", ConfigView(t.audio).int("input_feat_size", N_MEL, minimum=1), U32, None),
+        ]
+    return kv
+
+
+def _unified_kv(ckpt: Checkpoint, t: Towers) -> list:
+    """12B: gemma4uv / gemma4ua. No encoder blocks (block count, heads and FFN width 0); the
+    LayerNorms' epsilon is PyTorch's default, which clip.cpp hard-codes; the key below is the
+    RMSNorm's before each projection (llama.cpp's converter: conversion/gemma.py:1033-1095)."""
+    kv: list = []
+    if t.vision:
+        v = _unified_vision_view(t.vision)
+        mean, std = _image_norm(ckpt)
+        kv += [
+            ("clip.vision.projector_type", "gemma4uv", STR, None),  # vendored gguf-py constants.py:5902
+            ("clip.vision.embedding_length", v["mm_embed_dim"], U32, None),
+            ("clip.vision.feed_forward_length", 0, U32, None),
+            ("clip.vision.block_count", 0, U32, None),
+            ("clip.vision.attention.head_count", 0, U32, None),
+            ("clip.vision.attention.layer_norm_epsilon", v["rms_norm_eps"], F32, None),
+            ("clip.vision.projection_dim", t.text_hidden, U32, None),
+            ("clip.vision.image_size", 224, U32, None),  # unused (images are sized by their own size)
+            # clip.cpp: patch_size x scale_factor is the model patch (48 px), read by one im2col
+            ("clip.vision.patch_size", v["patch_size"], U32, None),
+            ("clip.vision.projector.scale_factor", v["pooling_kernel_size"], U32, None),
+            ("clip.vision.image_mean", mean, ARR, F32),
+            ("clip.vision.image_std", std, ARR, F32),
+        ]
+    if t.audio:
+        a = _unified_audio_view(t.audio)
+        kv += [
+            ("clip.audio.projector_type", "gemma4ua", STR, None),  # vendored gguf-py constants.py:5903
+            ("clip.audio.embedding_length", a["audio_embed_dim"], U32, None),
+            ("clip.audio.feed_forward_length", 0, U32, None),
+            ("clip.audio.block_count", 0, U32, None),
+            ("clip.audio.attention.head_count", 0, U32, None),
+            ("clip.audio.attention.layer_norm_epsilon", a["rms_norm_eps"], F32, None),
+            ("clip.audio.projection_dim", t.text_hidden, U32, None),
+            # the frame size, not mel bins (clip.cpp sets 640 for gemma4ua whatever is written)
+            ("clip.audio.num_mel_bins", a["audio_embed_dim"], U32, None),
         ]
     return kv

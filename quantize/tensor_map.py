@@ -63,6 +63,7 @@ TEXT_TENSORS: list[tuple[str, str, str]] = [
 # because which layers share depends on the config.
 DROPPED: list[tuple[str, str]] = [
     (r"^model\.(vision_tower|embed_vision)\.", "vision tower: belongs to the mmproj file"),
+    (r"^model\.vision_embedder\.", "vision embedder (12B): belongs to the mmproj file"),
     (r"^model\.(audio_tower|embed_audio)\.", "audio tower: belongs to the mmproj file"),
     (r"\.rotary_emb\.inv_freq$", "RoPE buffer: recomputed by llama.cpp"),
 ]
@@ -182,6 +183,28 @@ TOWER_PARAMETERS: list[tuple[str, str, str]] = [
     ("model.vision_tower.std_scale", "v.std_scale", "standardize (26B/31B)"),
     ("model.audio_tower.layers.{bid}.self_attn.per_dim_scale", "a.blk.{bid}.per_dim_scale.weight", "softplus"),
 ]
+# The 12B "unified" model (``Gemma4UnifiedForConditionalGeneration``): no towers, only the
+# embedders of raw 48x48 pixel patches (projector "gemma4uv") and raw 640-sample waveform frames
+# ("gemma4ua"). Names as the release stores them (transformers renames them at load,
+# conversion_mapping.py "gemma4_unified"). PyPI gguf 0.19.0 has neither the projector types nor
+# ``v.patch_norm.{bid}``: the GGUF names below are raw strings, from the vendored gguf-py.
+UNIFIED_TENSORS: list[tuple[str, str, str]] = [
+    # source: vendored gguf-py constants.py:1684 V_ENC_EMBD_PATCH "v.patch_embd", tensor_mapping.py:1592
+    ("model.vision_embedder.patch_dense", "v.patch_embd", "Linear 6912 -> D, columns permuted HWC -> CHW"),
+    # source: constants.py:1686 V_ENC_EMBD_PATCH_NORM "v.patch_norm.{bid}", tensor_mapping.py:1603
+    ("model.vision_embedder.patch_ln1", "v.patch_norm.1", "LayerNorm over raw pixels, permuted HWC -> CHW"),
+    # source: constants.py:1686 V_ENC_EMBD_PATCH_NORM, tensor_mapping.py:1603
+    ("model.vision_embedder.patch_ln2", "v.patch_norm.2", "LayerNorm after the patch projection"),
+    # source: constants.py:1686 V_ENC_EMBD_PATCH_NORM; conversion/gemma.py:1063-1065 (pos_norm -> patch_ln3)
+    ("model.vision_embedder.pos_norm", "v.patch_norm.3", "LayerNorm after the position embedding"),
+    # the projections to the text width are VISION_TENSORS' and AUDIO_TENSORS' embed_vision and
+    # embed_audio entries (mm.input_projection, vendored constants.py:1715, tensor_mapping.py:141;
+    # mm.a.input_projection, constants.py:1938, tensor_mapping.py:2680): the same names
+]
+UNIFIED_PARAMETERS: list[tuple[str, str, str]] = [
+    # source: constants.py:1687 V_ENC_EMBD_POS "v.position_embd", tensor_mapping.py:1622; conversion/gemma.py:1060-1062
+    ("model.vision_embedder.pos_embedding", "v.position_embd.weight", "[P, 2, D] -> [2, P, D] (x table, y table), F32"),
+]
 MODULE_SUFFIXES = {
     ".linear.weight": ".weight",
     ".weight": ".weight",
@@ -204,11 +227,13 @@ def _tower_patterns() -> list[tuple[re.Pattern[str], str, bool]]:
     modules = [
         (_tower_regex(hf, r"(?P<suffix>(\.[a-z_]+)+)"), gg, False) for hf, gg, _ in VISION_TENSORS + AUDIO_TENSORS
     ]
-    return params + modules
+    unified = [(_tower_regex(hf, ""), gg, True) for hf, gg, _ in UNIFIED_PARAMETERS]
+    unified += [(_tower_regex(hf, r"(?P<suffix>\.weight|\.bias)"), gg, False) for hf, gg, _ in UNIFIED_TENSORS]
+    return params + modules + unified
 
 
 def tower_gguf_name(hf_name: str) -> str | None:
-    """HF name of a vision/audio tower tensor -> its mmproj GGUF name (None if unknown)."""
+    """HF name of a vision/audio tower (or 12B embedder) tensor -> its mmproj GGUF name (None if unknown)."""
     for pattern, target, bare in _tower_patterns():
         m = pattern.match(hf_name)
         if not m:

@@ -2,9 +2,10 @@
 
 ``make_checkpoint(dir, "e2b")`` writes config.json (fields as transformers 5.23 saves them),
 ``model*.safetensors`` (names under ``model.language_model.`` / ``model.vision_tower.`` /
-``model.audio_tower.``), tokenizer.json, tokenizer_config.json, chat_template.jinja,
-generation_config.json and processor_config.json. numpy + JSON only, so the product itself can
-use it (``g4 doctor``); tests load the very same files with transformers.
+``model.audio_tower.``; the 12B's ``model.vision_embedder.`` and projections), tokenizer.json,
+tokenizer_config.json, chat_template.jinja, generation_config.json and processor_config.json.
+numpy + JSON only, so the product itself can use it (``g4 doctor``); tests load the very same
+files with transformers.
 
 Initialisation is chosen so that parity tests can fail (default random init makes them
 meaningless: near one-hot attention, noise-decided expert routing): token
@@ -25,17 +26,30 @@ import numpy as np
 from g4cli import fsutil
 from quantize import gemma4, tensor_map, tiny_tokenizer
 from quantize import safetensors_io as st
-from quantize.mmproj import audio_tensors, vision_tensors
-from quantize.tiny_families import ALIASES, AUDIO, FAMILIES, TEXT_DEFAULTS, VISION, F
+from quantize.mmproj import audio_tensors, unified_layout, vision_tensors
+from quantize.tiny_families import (
+    ALIASES,
+    AUDIO,
+    FAMILIES,
+    NOT_UNIFIED_TEXT,
+    TEXT_DEFAULTS,
+    UNIFIED_AUDIO,
+    UNIFIED_VISION,
+    VISION,
+    F,
+)
 
 # --- config.json ----------------------------------------------------------------------------
 
 
-def _text_config(spec: dict, legacy: bool) -> dict:
+def _text_config(spec: dict, legacy: bool, unified: bool = False) -> dict:
     tc = {**TEXT_DEFAULTS, **spec}
     global_hd = tc.pop("global_head_dim")
     global_kv = tc.pop("num_global_key_value_heads", None)
     tc.setdefault("vocab_size_per_layer_input", tc["vocab_size"])
+    if unified:  # Gemma4UnifiedTextConfig: no PLE, no MoE fields
+        tc = {k: v for k, v in tc.items() if k not in NOT_UNIFIED_TEXT}
+        tc["model_type"] = "gemma4_unified_text"
     if legacy:  # how configs looked before transformers folded these into per_layer_config
         tc["global_head_dim"] = global_hd
         if global_kv is not None:
@@ -52,6 +66,9 @@ def _text_config(spec: dict, legacy: bool) -> dict:
 def _vision_config(kind: str | None) -> dict | None:
     if not kind:
         return None
+    if kind == "unified":  # 12B: Gemma4UnifiedVisionConfig
+        vc = dict(initializer_range=0.02, model_type="gemma4_unified_vision", rms_norm_eps=1e-06, **UNIFIED_VISION)
+        return dict(sorted(vc.items()))
     vc = dict(
         attention_bias=False,
         attention_dropout=0.0,
@@ -72,6 +89,9 @@ def _vision_config(kind: str | None) -> dict | None:
 def _audio_config(kind: object) -> dict | None:
     if not kind:
         return None
+    if kind == "unified":  # 12B: Gemma4UnifiedAudioConfig
+        ac = dict(initializer_range=0.02, model_type="gemma4_unified_audio", rms_norm_eps=1e-06, **UNIFIED_AUDIO)
+        return dict(sorted(ac.items()))
     ac = dict(
         attention_chunk_size=12,
         attention_context_left=13,
@@ -94,14 +114,15 @@ def _audio_config(kind: object) -> dict | None:
 
 def make_config(family: str, *, legacy: bool = False, dtype: str = "F32", text: dict | None = None) -> dict:
     fam = FAMILIES[ALIASES.get(family, family)]
+    unified = fam.get("unified", False)  # 12B
     cfg = {
-        "architectures": ["Gemma4ForConditionalGeneration"],
+        "architectures": ["Gemma4UnifiedForConditionalGeneration" if unified else "Gemma4ForConditionalGeneration"],
         "audio_config": _audio_config(fam["audio"]),
         **tiny_tokenizer.MEDIA_IDS,
         "dtype": {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype],
         "initializer_range": 0.02,
-        "model_type": "gemma4",
-        "text_config": _text_config({**fam["text"], **(text or {})}, legacy),
+        "model_type": "gemma4_unified" if unified else "gemma4",
+        "text_config": _text_config({**fam["text"], **(text or {})}, legacy, unified),
         "tie_word_embeddings": True,
         "transformers_version": "5.23.0",
         "vision_config": _vision_config(fam["vision"]),
@@ -121,6 +142,8 @@ def text_tensors(cfg: dict, layout: gemma4.Layout | None = None) -> list[tuple[s
 def all_tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     tc = cfg["text_config"]
     out = text_tensors(cfg)
+    if gemma4.is_unified(cfg):  # 12B: the embedders of raw patches and waveform frames
+        return out + unified_layout(cfg)
     if cfg.get("vision_config"):
         out += vision_tensors(cfg["vision_config"], tc["hidden_size"])
     if cfg.get("audio_config"):
@@ -134,6 +157,13 @@ def all_tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
 def init_params(name: str, shape: tuple[int, ...], tc: dict) -> tuple[str, float, float]:
     """(distribution, a, b) for a tensor: ("normal", 0, std) or ("uniform", low, high)."""
     leaf = name.rsplit(".", 1)[-1]
+    if name.startswith("model.vision_embedder."):  # 12B: LayerNorms with small biases, a strong position table
+        if leaf == "bias":
+            return "normal", 0.0, 0.1
+        if name.endswith("pos_embedding"):
+            return "normal", 0.0, 0.5
+        if "_ln" in name or "_norm" in name:
+            return "uniform", 0.8, 1.2
     if leaf in ("input_min", "output_min"):
         return "uniform", -2.5, -1.5
     if leaf in ("input_max", "output_max"):
@@ -213,6 +243,7 @@ def make_checkpoint(
     towers: str | None = None,
     only: list[str] | None = None,
     endless: bool = False,
+    suppress_tokens: tuple[int, ...] | None = None,
 ) -> Path:
     """Write a tiny (or, for ``e2b-real``, full-size) random Gemma 4 checkpoint to ``out_dir``.
 
@@ -223,7 +254,8 @@ def make_checkpoint(
     one of the given substrings (benchmark slices); ``towers="e2b"`` gives the vision and audio
     towers the real E2B shapes (benchmarks); ``endless`` zeroes the embeddings of the
     end-of-generation tokens, so that greedy decoding never stops by itself (tests that
-    interrupt a long answer).
+    interrupt a long answer). ``suppress_tokens`` replaces the family's generation_config
+    ``suppress_tokens`` (the 12B has some).
     """
     family = ALIASES.get(family, family)
     if family not in FAMILIES:
@@ -247,7 +279,8 @@ def make_checkpoint(
         tensors = [(n, s) for n, s in tensors if any(o in n for o in only)]
 
     _write_weights(out, [st.TensorSpec(n, dtype, tuple(s)) for n, s in tensors], tc, seed, shard_bytes, endless)
-    _write_files(out, cfg)
+    suppress = FAMILIES[family].get("suppress_tokens") if suppress_tokens is None else list(suppress_tokens)
+    _write_files(out, cfg, suppress)
     return out
 
 
@@ -298,7 +331,7 @@ def _write_weights(
         _write_json(out / "model.safetensors.index.json", index)
 
 
-def _write_files(out: Path, cfg: dict) -> None:
+def _write_files(out: Path, cfg: dict, suppress_tokens: list[int] | None = None) -> None:
     """config.json, the tokenizer files, the chat template, generation and processor configs."""
     tc = cfg["text_config"]
     tokenizer, tok_config = tiny_tokenizer.build(tc["vocab_size"])
@@ -306,16 +339,18 @@ def _write_files(out: Path, cfg: dict) -> None:
     _write_json(out / "tokenizer.json", tokenizer, compact=tc["vocab_size"] > 4096)
     _write_json(out / "tokenizer_config.json", tok_config)
     (out / "chat_template.jinja").write_text(tiny_tokenizer.CHAT_TEMPLATE, encoding="utf-8")
-    _write_json(
-        out / "generation_config.json",
-        {"bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0, "transformers_version": "5.23.0"},
-    )
+    generation = {"bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0}
+    if suppress_tokens:
+        generation["suppress_tokens"] = suppress_tokens
+    _write_json(out / "generation_config.json", {**generation, "transformers_version": "5.23.0"})
     if cfg.get("vision_config") or cfg.get("audio_config"):
         _write_json(out / "processor_config.json", processor_config(cfg))
 
 
 def processor_config(cfg: dict) -> dict:
     """processor_config.json as the releases ship it (image mean/std 0/1: Gemma 4 scales itself)."""
+    if gemma4.is_unified(cfg):
+        return _unified_processor_config(cfg)
     vc = cfg.get("vision_config") or {}
     out: dict = {
         "image_processor": {
@@ -336,6 +371,33 @@ def processor_config(cfg: dict) -> dict:
         out["feature_extractor"] = {
             "feature_extractor_type": "Gemma4AudioFeatureExtractor",
             "feature_size": 128,
+            "sampling_rate": 16000,
+        }
+    return out
+
+
+def _unified_processor_config(cfg: dict) -> dict:
+    """12B: raw 48-px patches (rescaled only) and raw 640-sample frames."""
+    out: dict = {"processor_class": "Gemma4UnifiedProcessor"}
+    vc = cfg.get("vision_config")
+    if vc:
+        out["image_processor"] = {
+            "do_normalize": False,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": [0.0, 0.0, 0.0],
+            "image_std": [1.0, 1.0, 1.0],
+            "image_processor_type": "Gemma4UnifiedImageProcessor",
+            "max_soft_tokens": 280,
+            "patch_size": vc["patch_size"],
+            "pooling_kernel_size": vc["pooling_kernel_size"],
+            "rescale_factor": 1 / 255,
+        }
+    if cfg.get("audio_config"):
+        out["feature_extractor"] = {
+            "audio_samples_per_token": cfg["audio_config"]["audio_embed_dim"],
+            "feature_extractor_type": "Gemma4UnifiedAudioFeatureExtractor",
+            "feature_size": cfg["audio_config"]["audio_embed_dim"],
             "sampling_rate": 16000,
         }
     return out

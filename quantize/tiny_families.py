@@ -79,6 +79,26 @@ FAMILIES: dict[str, dict] = {
         "vision": "large",
         "audio": False,
     },
+    "12b": {  # "unified" (Gemma4Unified*): 31B-like text (K=V, per-layer KV heads), no towers
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_global_key_value_heads=1,
+            head_dim=64,
+            global_head_dim=128,
+            attention_k_eq_v=True,
+            layer_types=[S, S, S, S, S, F],  # the release's period: 5 sliding, 1 full
+            use_bidirectional_attention="vision",
+        ),
+        "vision": "unified",
+        "audio": "unified",
+        "unified": True,
+        # as the 12B assistant's generation_config: never <audio|> (eoa) nor <image|> (eoi), here 112/111
+        "suppress_tokens": [112, 111],
+    },
     "e2b-real": {  # the real E2B shapes (random values) for benchmarks
         "text": dict(
             hidden_size=1536,
@@ -139,6 +159,19 @@ VISION = {
     "e2b": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12, head_dim=64,
                 position_embedding_size=10240, use_clipped_linears=True, standardize=False),
 }  # fmt: skip
+# 12B: the patch projection's width differs from the text width here (3840 = 3840 in the release),
+# so that a projection read the wrong way round cannot go unnoticed; 48-px patches, table of 1120
+UNIFIED_VISION = dict(mm_embed_dim=128, mm_posemb_size=1120, output_proj_dims=128, patch_size=16, pooling_kernel_size=3)
+UNIFIED_AUDIO = dict(audio_embed_dim=640)  # 640 samples a token: llama.cpp's gemma4ua has it fixed
+# text_config fields Gemma4UnifiedTextConfig does not have (no PLE, no MoE)
+NOT_UNIFIED_TEXT = (
+    "enable_moe_block",
+    "hidden_size_per_layer_input",
+    "moe_intermediate_size",
+    "num_experts",
+    "top_k_experts",
+    "vocab_size_per_layer_input",
+)
 AUDIO = {
     True: dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, output_proj_dims=96),
     "e2b": dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, output_proj_dims=1536),

@@ -33,6 +33,8 @@ def hermetic_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("G4_HOST", "127.0.0.1:9")  # no g4 serve there: one-shot chats answer in-process
+    monkeypatch.delenv("G4_API_KEY", raising=False)
     return home
 
 
@@ -149,3 +151,32 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files.update(mf.audio_set(d))
     files["long"], _ = mf.long_clip(d, files["speech"])
     return files
+
+
+LLAMA_CPP_SDIST = "llama_cpp_python-0.3.36"
+GEMMA4_TEMPLATE = f"{LLAMA_CPP_SDIST}/vendor/llama.cpp/models/templates/google-gemma-4-31B-it.jinja"
+
+
+@pytest.fixture(scope="session")
+def gemma4_template() -> str:
+    """The real Gemma 4 chat template, as llama.cpp ships it in the llama-cpp-python 0.3.36 sdist.
+
+    The sdist is downloaded once into tests/.cache (not committed) by pip, then the template is
+    read from the archive."""
+    import tarfile
+    import tempfile
+
+    cache = ROOT / "tests" / ".cache"
+    archive = cache / f"{LLAMA_CPP_SDIST}.tar.gz"
+    if not archive.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # then renamed: never a partial archive
+            pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+            proc = subprocess.run([*pip, "llama-cpp-python==0.3.36", "-d", tmp], capture_output=True, text=True)
+            if proc.returncode != 0:
+                pytest.fail(f"cannot download the llama-cpp-python sdist: {proc.stderr.strip()[-500:]}")
+            os.replace(Path(tmp) / archive.name, archive)
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile(GEMMA4_TEMPLATE)
+        assert member is not None, GEMMA4_TEMPLATE
+        return member.read().decode("utf-8")

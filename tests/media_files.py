@@ -62,6 +62,16 @@ def small_images(directory: Path) -> dict[str, Path]:
     return out
 
 
+def aligned_png(path: Path, w: int, h: int, seed: int = 1) -> Path:
+    """Random pixels at a size both sides keep as it is (multiples of 48 px, within the budget
+    the test sets): no resize, so no resampling differences."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 def speech(path: Path, text: str = SENTENCE) -> Path:
     """espeak-ng's voice as a 22.05 kHz WAV."""
     subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)

@@ -162,3 +162,27 @@ def test_shell_completion_offers_commands_and_options() -> None:
     env.update({"COMP_WORDS": "g4 chat --ma", "COMP_CWORD": "2"})
     proc = subprocess.run([*g4_executable()], env=env, capture_output=True, stdin=subprocess.DEVNULL)
     assert "--max-tokens" in proc.stdout.decode().split() and "--max-seconds" in proc.stdout.decode().split()
+
+
+def test_schema_and_format_json_give_valid_json_every_time(run_g4, gguf, tmp_path: Path) -> None:
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 10}, "sunny": {"type": "boolean"}},
+        "required": ["city", "sunny"],
+        "additionalProperties": False,
+    }
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    model = gguf("31b", "Q8_0")
+    for seed in range(4):  # sampled, not only greedy
+        r = run_g4("chat", model, "The weather?", "--schema", path, "--seed", seed, "-n", "120", input=b"")
+        assert r.returncode == 0, r.err
+        jsonschema.validate(json.loads(r.stdout), schema)
+    inline = run_g4("chat", model, "The weather?", "--schema", json.dumps(schema), "--temp", "0", "-n", "120")
+    jsonschema.validate(json.loads(inline.stdout), schema)
+    bad = run_g4("chat", model, "x", "--schema", '{"type": "string", "pattern": "a"}')
+    assert bad.returncode == 2 and "pattern" in bad.err_lines[0]
+    both = run_g4("chat", model, "x", "--format", "json", "--think")
+    assert both.returncode == 2 and "--think" in both.err_lines[0]

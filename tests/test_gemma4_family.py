@@ -43,7 +43,17 @@ def test_name_mapping(hf: str, expected: tuple[str, int | None] | None) -> None:
     assert tensor_map.gguf_name(hf) == expected
 
 
+def test_the_12b_is_gemma4_text_with_31bs_layout() -> None:
+    cfg = make_config("12b")
+    assert cfg["architectures"] == ["Gemma4UnifiedForConditionalGeneration"] and gemma4.is_unified(cfg)
+    assert not gemma4.is_unified(make_config("31b"))
+    hp, hp31 = gemma4.text_params(cfg), gemma4.text_params(make_config("31b"))
+    assert (hp.k_eq_v, hp.n_head_kv_full, hp.ple_dim, hp.n_expert) == (hp31.k_eq_v, 1, 0, 0)
+    assert _kv(hp)["attention.head_count_kv"] == [2, 2, 2, 2, 2, 1]
+
+
 def test_drop_rules_name_their_reason() -> None:
+    assert "mmproj" in tensor_map.drop_rule("model.vision_embedder.patch_dense.weight")  # 12B
     assert "mmproj" in tensor_map.drop_rule("model.vision_tower.encoder.layers.0.mlp.up_proj.linear.weight")
     assert "mmproj" in tensor_map.drop_rule("model.embed_audio.embedding_projection.weight")
     assert tensor_map.drop_rule("model.language_model.layers.0.mlp.up_proj.weight") is None
@@ -80,7 +90,7 @@ def test_metadata_for_moe_and_k_eq_v() -> None:
 
 
 def test_legacy_and_current_config_forms_agree() -> None:
-    for family in ("e4b", "31b"):
+    for family in ("e4b", "31b", "12b"):
         assert gemma4.text_params(make_config(family)) == gemma4.text_params(make_config(family, legacy=True))
 
 

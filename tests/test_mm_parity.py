@@ -2,7 +2,8 @@
 
 Image embeddings (mtmd_encode_chunk + mtmd_get_output_embd vs get_image_features) on a 768×768
 image (aligned, so both sides see the same 48×48 patches), audio embeddings on a spoken clip,
-and the logits after an image prompt and after an audio prompt.
+and the logits after an image prompt and after an audio prompt; on 26B/31B, whose images are
+decoded non-causally, an image of more than one 512-token ubatch, and a budget changed in place.
 """
 
 from __future__ import annotations
@@ -127,6 +128,74 @@ def test_logits_after_a_media_prompt(models, tiny, media_dir, family, kind) -> N
         ref = ref_model(input_ids=input_ids, mm_token_type_ids=mm_types, **extra).logits[0, -1].numpy()
     assert _rel(ours, ref) < TOL
     assert ours.argmax() == ref.argmax()
+
+
+BIG = (1104, 1104)  # 23 x 23 = 529 tokens (48 px each): more than 512, and at budget 560 neither side resizes it
+
+
+@pytest.fixture(scope="module")
+def big_image(tmp_path_factory):
+    from media_files import aligned_png
+
+    return aligned_png(tmp_path_factory.mktemp("big") / "aligned1104.png", *BIG)
+
+
+def _logits_after(model, att) -> tuple[str, np.ndarray, tuple[int, int]]:
+    from g4cli.chat.conversation import Turn
+
+    prompt = model.render([Turn("user", "Describe this.", [att])])
+    counts = model.eval_prompt(prompt, [att])
+    return prompt, model.last_logits(), counts
+
+
+def test_an_image_of_more_than_one_ubatch_is_read_whole(tiny, gguf, big_image) -> None:
+    """31B reads an image non-causally (every image token sees every other); llama.cpp gets that
+    right only within one ubatch, so the runtime sizes the ubatch for the largest image. The
+    same image split at llama.cpp's usual 512 (``n_ubatch=512``) is measurably wrong."""
+    from reference import REL_TOL, image_prompt_logits
+
+    from g4cli.chat import media
+    from g4cli.chat.runtime.model import Model
+
+    att, path, budget = media.load(big_image), gguf("31b", "F32"), 560
+    mmproj, ours = path.with_name("mmproj-31b-F32.gguf"), {}
+    for n_ubatch in (None, 512):
+        with Model(path, mmproj, n_ctx=2048, image_tokens=budget, n_ubatch=n_ubatch) as m:
+            assert m.non_causal_images and m.media_tokens(att) == [529]
+            assert m.n_ubatch == (budget if n_ubatch is None else 512)
+            prompt, ours[n_ubatch], _ = _logits_after(m, att)
+    ref = image_prompt_logits(tiny("31b"), prompt, big_image, max_soft_tokens=budget)
+    assert _rel(ours[None], ref) <= REL_TOL  # measured 1.4e-3
+    assert ours[None].argmax() == ref.argmax()
+    assert _rel(ours[512], ref) > 0.05, "an image split across ubatches went unnoticed"  # measured 0.30
+    with Model(path, None, n_ctx=2048) as text_only:  # no images: llama.cpp's batches as before
+        assert not text_only.non_causal_images and text_only.n_ubatch == text_only.n_batch == 512
+
+
+def test_a_new_image_budget_reads_images_again(gguf, media_dir) -> None:
+    """``/set image_tokens``: a new projector context, nothing evaluated under the old budget
+    reused, the same logits as a model loaded at the new budget; a budget beyond the ubatch of
+    a non-causal model is refused rather than split."""
+    from g4cli.chat import media
+    from g4cli.chat.runtime.model import Model
+    from g4cli.errors import RuntimeFailure
+
+    att, path = media.load(media_dir["aligned"]), gguf("31b", "F32")
+    mmproj = path.with_name("mmproj-31b-F32.gguf")
+    with Model(path, mmproj, n_ctx=2048, image_tokens=140) as fresh:
+        assert fresh.media_tokens(att) == [121]  # 768 px shrunk to 11 x 11 tokens
+        _, expected, _ = _logits_after(fresh, att)
+    with Model(path, mmproj, n_ctx=2048, image_tokens=280) as m:
+        assert m.media_tokens(att) == [256] and m.n_ubatch == 512
+        _logits_after(m, att)
+        m.set_image_tokens(140)
+        assert m.media_tokens(att) == [121] and m.sequences[0].units == []
+        _, got, (n_pos, evaluated) = _logits_after(m, att)
+        assert evaluated == n_pos  # nothing reused from the 280-token image
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        with pytest.raises(RuntimeFailure, match="restart with --image-tokens 1120"):
+            m.set_image_tokens(1120)
+        assert m.image_tokens == 140 and m.media_tokens(att) == [121]
 
 
 @pytest.mark.parametrize("bug", ["GELU-quick instead of tanh GELU", "per_dim_scale without softplus"])

@@ -23,7 +23,7 @@ F32_KV = {"26b-a4b"}
 
 
 @pytest.mark.parametrize("one_by_one", [False, True], ids=["batch", "token-by-token"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "12b"])  # 12b: transformers' Gemma4Unified*
 def test_logits_match_transformers(tiny, gguf, family: str, one_by_one: bool) -> None:
     ids = sample_tokens()
     ref = reference_logits(tiny(family), ids)

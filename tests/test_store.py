@@ -242,7 +242,8 @@ def test_estimated_text_size_is_what_llama_cpp_writes(tiny, tmp_path, family: st
 
 @pytest.mark.parametrize("family", ["e2b", "e4b", "26b-a4b", "31b"])
 def test_kv_cache_estimate_is_what_llama_cpp_allocates(gguf, tiny, family: str) -> None:
-    """Against llama.cpp's own account of its KV buffers, at two context sizes."""
+    """Against llama.cpp's own account of its KV buffers, at two context sizes, for each KV type
+    (quantized ones need flash attention) and with and without flash attention (V padding)."""
     import json
     import re
 
@@ -251,12 +252,14 @@ def test_kv_cache_estimate_is_what_llama_cpp_allocates(gguf, tiny, family: str) 
     from quantize.gemma4 import text_params
 
     hp = text_params(json.loads((tiny(family) / "config.json").read_text()))
-    for ctx in (1000, 4096):
-        LOG.lines.clear()
-        Model(gguf(family, "Q8_0"), n_ctx=ctx).close()
-        sizes = re.findall(r"llama_kv_cache: size =\s+([\d.]+) MiB", "".join(LOG.lines))
-        assert sizes, "llama.cpp did not report its KV cache"
-        assert fit.kv_cache_bytes(hp, ctx) == round(sum(float(x) for x in sizes) * 2**20)
+    for kv_type, flash_attn in (("f16", "off"), ("f16", "on"), ("q8_0", "on"), ("q4_0", "on")):
+        for ctx in (1000, 4096):
+            LOG.lines.clear()
+            Model(gguf(family, "Q8_0"), n_ctx=ctx, kv_type=kv_type, flash_attn=flash_attn).close()
+            sizes = re.findall(r"llama_kv_cache: size =\s+([\d.]+) MiB", "".join(LOG.lines))
+            assert sizes, "llama.cpp did not report its KV cache"
+            expected = fit.kv_cache_bytes(hp, ctx, kv_type=kv_type, flash_attn=flash_attn == "on")
+            assert expected == pytest.approx(sum(float(x) for x in sizes) * 2**20, abs=0.01 * 2**20 * len(sizes))
 
 
 def test_the_ple_table_of_a_real_e2b_is_counted() -> None:

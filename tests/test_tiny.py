@@ -47,15 +47,27 @@ def test_files_of_a_release_are_all_there(tiny) -> None:
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "12b"])
 def test_layout_is_what_transformers_builds_and_saves(tiny, family: str, tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from transformers import AutoConfig, Gemma4ForConditionalGeneration
+    from reference import model_class
+    from transformers import AutoConfig
 
     d = tiny(family)
-    model = Gemma4ForConditionalGeneration(AutoConfig.from_pretrained(d))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    model = model_class(d)(AutoConfig.from_pretrained(d))
+    # transformers' own serialisation of the same config: the release's names (the 12B's
+    # ``model.vision_embedder.*`` are renamed on load and back on save), no tied lm_head
+    model.save_pretrained(tmp_path)
+    expected = {k: r.shape for k, r in st.read_header(tmp_path / "model.safetensors").items()}
     ours = {k: r.shape for k, r in st.read_header(d / "model.safetensors").items()}
     assert ours == expected
-    model.save_pretrained(tmp_path)  # transformers' own serialisation of the same config
     assert json.loads((d / "config.json").read_text()) == json.loads((tmp_path / "config.json").read_text())
+
+
+@pytest.mark.reference
+def test_12b_generation_config_suppresses_tokens_as_transformers_reads_it(tiny) -> None:
+    pytest.importorskip("torch")
+    from transformers import GenerationConfig
+
+    assert GenerationConfig.from_pretrained(tiny("12b")).suppress_tokens == [112, 111]  # <audio|>, <image|>
+    assert GenerationConfig.from_pretrained(tiny("31b")).suppress_tokens is None

@@ -6,6 +6,7 @@ is the real one; tests also use a scripted fake.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -22,10 +23,17 @@ PLACEHOLDERS = (IMAGE_PLACEHOLDER, AUDIO_PLACEHOLDER, "<|video|>")
 
 @dataclass
 class Turn:
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     text: str = ""
     media: list[Media] = field(default_factory=list)
-    thought: str | None = None  # the assistant's thinking, kept for display; never re-sent
+    # the assistant's thinking, kept for display; re-sent only with tool calls (the template
+    # keeps it on the tool-call turns after the last user turn, as Gemma 4 expects)
+    thought: str | None = None
+    # assistant: the calls it made, OpenAI form ({"id", "function": {"name", "arguments"}},
+    # arguments a JSON string or, from Ollama, an object)
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None  # tool: the call this result answers
+    name: str | None = None  # tool: the function that was called
 
 
 @dataclass
@@ -82,18 +90,72 @@ def escape_placeholders(text: str) -> str:
 
 
 def to_template_messages(turns: list[Turn]) -> list[dict[str, Any]]:
-    """Turns -> the messages a Hugging Face chat template expects (content parts for media)."""
+    """Turns -> the messages a Hugging Face chat template expects (content parts for media).
+
+    Gemma 4's template also reads an assistant message's ``tool_calls`` (``id``,
+    ``function.name``, ``function.arguments``: a mapping it formats itself, a string it copies
+    verbatim between the braces) and ``reasoning_content``; and of each ``tool`` message that
+    follows it, ``tool_call_id`` (matched to a call's ``id``, whose name it takes), ``name`` (the
+    fallback) and ``content`` (a string).
+    """
     out: list[dict[str, Any]] = []
-    for t in turns:
+    pending: list[dict[str, Any]] = []  # calls of the last assistant turn no result answered yet
+    for k, t in enumerate(turns):
         text = escape_placeholders(t.text)
-        if not t.media:
-            out.append({"role": t.role, "content": text})
+        if t.role == "tool":
+            out.append(_tool_result(t, text, pending))
             continue
-        parts: list[dict[str, Any]] = [{"type": m.kind} for m in t.media]
-        if text:
-            parts.append({"type": "text", "text": text})
-        out.append({"role": t.role, "content": parts})
+        msg: dict[str, Any] = {"role": t.role, "content": text}
+        if t.media:
+            parts: list[dict[str, Any]] = [{"type": m.kind} for m in t.media]
+            msg["content"] = [*parts, {"type": "text", "text": text}] if text else parts
+        pending = []
+        if t.tool_calls:
+            msg["tool_calls"] = [_template_call(c, f"call_{k}_{j}") for j, c in enumerate(t.tool_calls)]
+            pending = list(msg["tool_calls"])
+            if t.thought:
+                msg["reasoning_content"] = t.thought
+        out.append(msg)
     return out
+
+
+def _template_call(call: dict[str, Any], fallback_id: str) -> dict[str, Any]:
+    """A call as the template reads it: JSON arguments as a mapping (the template writes them in
+    Gemma 4's syntax); an id for every call, so that results can be matched to it."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    fn = fn if isinstance(fn, dict) else {}
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args)
+        except ValueError:
+            parsed = None
+        args = parsed if isinstance(parsed, dict) else args
+    elif not isinstance(args, dict):
+        args = {}
+    cid = call.get("id") if isinstance(call, dict) else None
+    return {
+        "id": cid if isinstance(cid, str) and cid else fallback_id,
+        "type": "function",
+        "function": {"name": str(fn.get("name") or ""), "arguments": args},
+    }
+
+
+def _tool_result(t: Turn, text: str, pending: list[dict[str, Any]]) -> dict[str, Any]:
+    """A tool turn, paired with the call it answers: by id, else by function name, else the
+    next unanswered call (Ollama sends no ids). Without a pair the template would name the
+    response after whichever call has the same missing id, or fail on a missing name."""
+    match = next((c for c in pending if t.tool_call_id and c["id"] == t.tool_call_id), None)
+    match = match or next((c for c in pending if t.name and c["function"]["name"] == t.name), None)
+    match = match or (pending[0] if pending else None)
+    if match is not None:
+        pending.remove(match)
+    return {
+        "role": "tool",
+        "tool_call_id": match["id"] if match else (t.tool_call_id or ""),
+        "name": match["function"]["name"] if match else (t.name or "unknown"),
+        "content": text,
+    }
 
 
 THOUGHT_LABEL = "thought\n"  # opens Gemma 4's thinking channel: <|channel>thought\n ... <channel|>

@@ -101,7 +101,11 @@ def guess_kind(name: str, data: bytes) -> Kind | None:
 
 def load(source: str | Path, kind: Kind | None = None, stdin: bytes | None = None) -> Media:
     """Read and decode an attachment; ``kind`` forces image or audio, otherwise it is sniffed."""
-    name, data = read_source(source, stdin)
+    return decode(*read_source(source, stdin), kind)
+
+
+def decode(name: str, data: bytes, kind: Kind | None = None) -> Media:
+    """Decode an attachment's bytes (``kind`` forces image or audio, otherwise it is sniffed)."""
     found = guess_kind(name, data)
     if kind is not None and found is not None and found != kind:
         raise MediaError(f"{name}: is an {found} file, not {kind}")

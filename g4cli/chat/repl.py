@@ -30,7 +30,8 @@ HELP = """\
 /audio PATH          attach an audio file to the next message
 /mic                 record from the microphone and send it (with any text after /mic)
 /system TEXT         set the system prompt (empty: remove it)
-/set [KEY VALUE]     temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, think on|off
+/set [KEY VALUE]     temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, think on|off,
+                     image_tokens N
 /show                model and settings
 /stats               timings of the last answer
 /regen               answer the last message again
@@ -259,11 +260,20 @@ class Repl:
         self.say("system prompt set" if arg else "system prompt removed")
 
     def cmd_set(self, arg: str) -> None:
-        s = self.session.sampling
+        from g4cli.chat.settings import image_tokens_setting
+
+        s, model = self.session.sampling, self.session.model
         if not arg:
-            self.say(s.describe(), "")
+            budget = f"  image_tokens={model.image_tokens}" if "vision" in model.capabilities else ""
+            self.say(s.describe() + budget, "")
             return
         key, _, value = arg.partition(" ")
+        if key.replace("-", "_") == "image_tokens":  # a load setting: the model re-creates its projector
+            n = image_tokens_setting(value)
+            model.require("vision")
+            model.set_image_tokens(n)
+            self.say(f"image_tokens = {n} (images are read again at the new budget)")
+            return
         self.say(f"{key} = {s.set(key, value)}")
 
     def cmd_show(self, _: str) -> None:

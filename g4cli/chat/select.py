@@ -45,17 +45,33 @@ def projector_beside(gguf: Path) -> Path | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def choose_from_args(model: str | None, prompt: str | None, mmproj: Path | None) -> tuple[Choice, str | None]:
-    """``g4 chat [MODEL] [PROMPT]``: (the model, the prompt). A lone argument that names no model
-    is the prompt, for the default model (``g4 chat "question"``)."""
+def split_args(model: str | None, prompt: str | None) -> tuple[str | None, str | None]:
+    """``g4 chat [MODEL] [PROMPT]``: (the model's name, the prompt). A lone argument that names
+    no model is the prompt, for the default model (``g4 chat "question"``)."""
     if model is None or prompt is not None or _surely_a_model(model):
-        return choose(model, mmproj), prompt
+        return model, prompt
     if any(c.isspace() for c in model) or len(model) > 100:
-        return choose(None, mmproj), model
+        return None, model
+    from g4cli.models import store
+
     try:
-        return choose(model, mmproj), None
+        store.resolve(model)
+        return model, None
     except (ModelNotFound, UsageError):
-        return choose(None, mmproj), model
+        return None, model
+
+
+def default_name() -> str | None:
+    """The model a chat without MODEL uses, by name: G4_MODEL / the config, else the latest pull."""
+    name = configured_default()
+    if name is None:
+        from g4cli.models import store
+
+        pulled = store.list_models()
+        with contextlib.suppress(OSError):
+            pulled.sort(key=lambda e: (e.dir / "manifest.json").stat().st_mtime)
+        name = pulled[-1].tag if pulled else None
+    return name
 
 
 def _surely_a_model(text: str) -> bool:
@@ -73,16 +89,10 @@ def choose(name: str | None, mmproj: Path | None = None) -> Choice:
     from g4cli.models import store
 
     if name is None:
-        name = configured_default()
+        name = default_name()
     if name is None:
-        pulled = store.list_models()
-        if not pulled:
-            raise ModelNotFound("no model is pulled yet", hint="run g4 pull e4b (or give a GGUF path)")
-        with contextlib.suppress(OSError):
-            pulled.sort(key=lambda e: (e.dir / "manifest.json").stat().st_mtime)
-        entry = pulled[-1]
-    else:
-        entry = store.resolve(name)
+        raise ModelNotFound("no model is pulled yet", hint="run g4 pull e4b (or give a GGUF path)")
+    entry = store.resolve(name)
     projector = mmproj or entry.mmproj
     if projector is None and not entry.quant:  # a bare GGUF path
         projector = projector_beside(entry.gguf)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ class Session:
             "g4_conversation": SAVE_VERSION,
             "model": model_name,
             "system": self.system,
-            "settings": asdict(self.sampling),
+            "settings": self.sampling.saved(),
             "turns": [
                 {
                     "role": t.role,
@@ -185,9 +185,7 @@ class Session:
                         continue
                     restored.append(m)
                 turns.append(Turn(t["role"], t["text"], restored, t.get("thought")))
-            settings = Sampling(
-                **{k: v for k, v in data.get("settings", {}).items() if k in Sampling.__dataclass_fields__}
-            )
+            settings = Sampling(**{k: v for k, v in data.get("settings", {}).items() if k in Sampling().saved()})
             system = data.get("system")
         except (KeyError, TypeError, ValueError) as e:
             raise G4Error(f"{path}: malformed conversation file ({e})") from None

@@ -33,6 +33,18 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 IMAGE_TOKENS = (70, 1120)  # the per-image budget llama.cpp's gemma4 projectors accept
 
 
+def image_tokens_setting(text: str) -> int:
+    """``/set image_tokens N``: parsed and checked against the limits of ``--image-tokens``."""
+    lo, hi = IMAGE_TOKENS
+    try:
+        n = int(text.strip())
+    except ValueError:
+        raise UsageError(f"/set image_tokens: {text.strip()!r} is not a valid value") from None
+    if not lo <= n <= hi:
+        raise UsageError(f"/set image_tokens: {n} is out of range (must be in {lo}..{hi})")
+    return n
+
+
 def _check(obj: Any) -> None:
     """Apply ``LIMITS`` to every field of ``obj`` that has one (None means 'not set')."""
     for f in fields(obj):
@@ -55,6 +67,9 @@ class Sampling:
     seed: int | None = None
     max_tokens: int | None = None
     think: bool = False
+    # GBNF the answer must match (``runtime.grammar.json_grammar``): set from the command line or a
+    # request, not by /set, and left out of describe()
+    grammar: str | None = field(default=None, repr=False, metadata={"repl": False})
 
     def validate(self) -> Sampling:
         _check(self)
@@ -63,7 +78,7 @@ class Sampling:
     def set(self, key: str, text: str) -> Any:
         """``/set KEY VALUE``: parse, check against the same limits, assign; returns the value."""
         key = {"temp": "temperature"}.get(key.replace("-", "_"), key.replace("-", "_"))
-        names = [f.name for f in fields(self)]
+        names = [f.name for f in fields(self) if f.metadata.get("repl", True)]
         if key not in names:
             raise UsageError(f"/set {key}: unknown setting; one of {', '.join(names)}")
         value = text.strip()
@@ -83,8 +98,12 @@ class Sampling:
         setattr(self, key, parsed)
         return parsed
 
+    def saved(self) -> dict[str, Any]:
+        """The settings a saved conversation keeps (the ones ``/set`` can change)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("repl", True)}
+
     def describe(self) -> str:
-        return "  ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+        return "  ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.metadata.get("repl", True))
 
 
 @dataclass
@@ -146,6 +165,8 @@ class ChatOptions:
     json: bool = False
     verbose: bool = False
     history: bool = True
+    local: bool = False  # never through a running g4 serve
+    response_format: dict | None = None  # --schema / --format json, as OpenAI's response_format
 
     def validate(self) -> ChatOptions:
         """Usage errors, each one line and exit 2, before anything loads."""
@@ -154,6 +175,16 @@ class ChatOptions:
         self.mic.validate()
         if [*self.image, *self.audio].count("-") > 1:
             raise UsageError("only one attachment can come from stdin (-)")
+        if self.response_format is not None:  # the grammar every answer must match
+            from g4cli.chat.runtime.grammar import json_grammar
+
+            if self.sampling.think:
+                raise UsageError(
+                    "--think cannot be combined with --schema or --format json (the JSON has no room for a thought)"
+                )
+
+            spec = self.response_format.get("json_schema")
+            self.sampling.grammar = json_grammar(spec["schema"] if spec else None)
         return self
 
     @property

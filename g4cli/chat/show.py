@@ -8,9 +8,15 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from g4cli.chat.conversation import Stats
+from g4cli.chat.media import Media
 from g4cli.chat.session import Reply, Session
+
+if TYPE_CHECKING:
+    from g4cli.chat.remote import Endpoint
+    from g4cli.chat.settings import ChatOptions
 
 
 def peak_rss_mb() -> float:
@@ -52,8 +58,10 @@ def stream_reply(
                 thoughts.close()
                 out.feed(ev.text)
             elif ev.kind == "thought" and show_thoughts:
+                out.suspend()  # the answer's live lines are erased first, so stderr cannot garble them
                 thoughts.feed(ev.text)
             elif ev.kind == "notice":
+                out.suspend()
                 notice(ev.text)
     finally:
         stream.close()  # an interrupted answer is recorded now, not when garbage-collected
@@ -76,9 +84,8 @@ def print_stats(stats: Stats) -> None:
     )
 
 
-def print_json(model_name: str, reply: Reply, session: Session) -> None:
+def print_json(model_name: str, reply: Reply, attachments: list[Media]) -> None:
     """The ``--json`` envelope on stdout."""
-    last = session.turns[-2] if len(session.turns) >= 2 else None
     doc = {
         "model": model_name,
         "response": reply.text,
@@ -86,8 +93,53 @@ def print_json(model_name: str, reply: Reply, session: Session) -> None:
         "finish_reason": reply.finish,
         "tokens": {"prompt": reply.stats.prompt_tokens, "generated": reply.stats.gen_tokens},
         "timings": {**reply.stats.as_dict(), "peak_memory_mb": round(peak_rss_mb(), 1)},
-        "attachments": [{"kind": m.kind, "path": m.name, "sha256": m.sha256} for m in (last.media if last else [])],
+        "attachments": [{"kind": m.kind, "path": m.name, "sha256": m.sha256} for m in attachments],
         "created": round(time.time(), 3),
     }
     sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def answer_remote(ep: Endpoint, name: str, text: str, attachments: list[Media], opts: ChatOptions) -> Reply:
+    """The one-shot answer through a running ``g4 serve``, shown exactly as in-process."""
+    from g4cli.chat import remote
+    from g4cli.chat.printer import AnswerPrinter, ThoughtPrinter
+
+    body = remote.request_body(name, text, attachments, opts)
+    reply = Reply()
+    started, first = remote.now(), None
+    out = thoughts = None
+    try:
+        stream = remote.events(ep, body)
+        kind, value = next(stream, ("finish", "stop"))  # the server's errors come before any output
+        if not opts.json:
+            out, thoughts = AnswerPrinter(), ThoughtPrinter()
+        while True:
+            if kind in ("text", "thought") and first is None:
+                first = remote.now()
+            if kind == "text":
+                reply.text += value
+                if out is not None:
+                    thoughts.close()
+                    out.feed(value)
+            elif kind == "thought":
+                reply.thought += value
+                if thoughts is not None and opts.sampling.think:
+                    thoughts.feed(value)
+            elif kind == "finish":
+                reply.finish = value
+            elif kind == "usage":
+                reply.stats = remote.stats_from(value, started, first)
+            kind, value = next(stream, (None, None))
+            if kind is None:
+                break
+    finally:
+        if thoughts is not None:
+            thoughts.close()
+        if out is not None:
+            out.close()
+        if opts.verbose:
+            print_stats(reply.stats)
+    if opts.json:
+        print_json(name, reply, attachments)
+    return reply

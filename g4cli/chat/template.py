@@ -69,10 +69,20 @@ def render(
         raise RuntimeFailure(f"chat template cannot be rendered: {e}") from e
 
 
-def prompt_text(template: str, turns: list[Turn], *, think: bool, bos: str, marker: str) -> str:
-    """The prompt for ``turns``, with ``marker`` where each media item goes (one per audio piece)."""
+def prompt_text(
+    template: str,
+    turns: list[Turn],
+    *,
+    think: bool,
+    bos: str,
+    marker: str,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """The prompt for ``turns``, with ``marker`` where each media item goes (one per audio piece);
+    ``tools`` (OpenAI function specs) are declared in the system turn when given."""
+    extra = {"tools": tools} if tools else {}
     text = render(
-        template, to_template_messages(turns), add_generation_prompt=True, enable_thinking=think, bos_token=bos
+        template, to_template_messages(turns), add_generation_prompt=True, enable_thinking=think, bos_token=bos, **extra
     )
     media = [m for t in turns for m in t.media]
     slots = list(_SLOT.finditer(text))

@@ -59,9 +59,20 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     ] = "f16",
     image_tokens: Annotated[
         int | None,
-        typer.Option("--image-tokens", metavar="N", help="Tokens per image, 70-1120 (more: finer detail, e.g. OCR)."),
+        typer.Option(
+            "--image-tokens",
+            metavar="N",
+            help="Most tokens per image, 70-1120 (default 1120: full detail, to read text; small images stay small).",
+        ),
     ] = None,
     mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
+    schema: Annotated[
+        str | None,
+        typer.Option("--schema", metavar="FILE|JSON", help="Answer with JSON valid against this JSON Schema."),
+    ] = None,
+    output_format: Annotated[
+        str | None, typer.Option("--format", metavar="json", help="Answer with a JSON object (any shape).")
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (answer, thinking, tokens, timings).")
     ] = False,
@@ -78,6 +89,9 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     save_audio: Annotated[
         Path | None, typer.Option("--save-audio", help="Microphone: keep the recording as WAV.")
     ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Never answer through a running g4 serve (G4_HOST); load the model here.")
+    ] = False,
     no_history: Annotated[
         bool, typer.Option("--no-history", help="Do not read or write the REPL history file.")
     ] = False,
@@ -100,7 +114,7 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/chat/runtime/model.py)
 
     from g4cli.chat import oneshot
-    from g4cli.chat.select import choose_from_args
+    from g4cli.chat.select import choose, split_args
     from g4cli.chat.settings import ChatOptions, LoadOptions, MicOptions, Sampling
     from g4cli.errors import UsageError
 
@@ -127,14 +141,41 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
         json=json_out,
         verbose=verbose,
         history=not no_history,
+        local=local,
+        response_format=response_format(schema, output_format),
     ).validate()
-    choice, prompt = choose_from_args(model, prompt, mmproj)  # `g4 chat "question"`: the default model
+    model, prompt = split_args(model, prompt)  # `g4 chat "question"`: the default model answers
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and prompt is None and not json_out and not mic
     if interactive:
         from g4cli.chat import repl
 
-        repl.run(choice, opts)
+        repl.run(choose(model, mmproj), opts)
         return
     if json_out and sys.stdout.isatty() and prompt is None and sys.stdin.isatty() and not mic:
         raise UsageError("--json needs a PROMPT or piped input")
-    oneshot.one_shot(choice, prompt, opts)
+    oneshot.one_shot(model, prompt, opts)
+
+
+def response_format(schema: str | None, output_format: str | None) -> dict | None:
+    """``--schema`` / ``--format json`` as an OpenAI ``response_format`` (None: free text)."""
+    import json
+    from pathlib import Path
+
+    from g4cli.errors import UsageError
+
+    if output_format is not None and output_format != "json":
+        raise UsageError(f"--format {output_format!r}: only json is supported (or give --schema)")
+    if schema is None:
+        return {"type": "json_object"} if output_format else None
+    text = schema
+    if not schema.lstrip().startswith("{"):
+        path = Path(schema).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"--schema {schema}: cannot read ({e.strerror or e})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--schema: not valid JSON (line {e.lineno}: {e.msg})") from None
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": doc}}

@@ -32,6 +32,7 @@ class Model:
 MODELS: tuple[Model, ...] = (
     Model("e2b",     "google/gemma-4-E2B-it",     (),             ("vision", "audio", "ple"), "2B effective"),
     Model("e4b",     "google/gemma-4-E4B-it",     (),             ("vision", "audio", "ple"), "4B effective"),
+    Model("12b",     "google/gemma-4-12B-it",     (),             ("vision", "audio"),        "dense 12B, no encoders"),
     Model("26b-a4b", "google/gemma-4-26B-A4B-it", ("26b", "a4b"), ("vision", "experts"),      "MoE, 4B active"),
     Model("31b",     "google/gemma-4-31B-it",     (),             ("vision",),                "dense 31B"),
 )  # fmt: skip

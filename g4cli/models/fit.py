@@ -143,11 +143,12 @@ def _text_roles(hp: Layout) -> tuple[list[tuple[str, int, int]], int]:
     return out, v
 
 
-def text_size(hp: Layout, quant: str, source_type: str) -> tuple[int, int, int]:
-    """(GGUF bytes, of which PLE table bytes, parameter count) of the text model at ``quant``."""
+def text_bytes(hp: Layout, quant: str, source_type: str) -> dict[str, int]:
+    """The text GGUF at ``quant``: its bytes ("total"), of which the PLE table ("ple") and the
+    token embeddings ("embeddings"), and its parameter count ("params")."""
     roles, n_v = _text_roles(hp)
     L = hp.n_layer
-    total = ple = params = 0.0
+    total = ple = embeddings = params = 0.0
     mix = MIX.get(quant)
     moe = hp.n_expert >= 8 and mix is not None and quant != "MXFP4_MOE"
     for role, n, i in roles:
@@ -173,25 +174,44 @@ def text_size(hp: Layout, quant: str, source_type: str) -> tuple[int, int, int]:
         else:
             bits = BITS[mix.default]
         total += n * bits / 8
-        if role == "ple":
-            ple += n * bits / 8
+        ple += n * bits / 8 if role == "ple" else 0.0
+        embeddings += n * bits / 8 if role == "embeddings" else 0.0
     total += hp.vocab_size * VOCAB_METADATA
-    return int(total), int(ple), int(params)
+    return {"total": int(total), "ple": int(ple), "embeddings": int(embeddings), "params": int(params)}
 
 
-def kv_cache_bytes(hp: Layout, ctx: int = DEFAULT_CTX) -> int:
-    """The F16 KV cache llama.cpp allocates for ``g4 chat`` (checked against its own log).
+def text_size(hp: Layout, quant: str, source_type: str) -> tuple[int, int, int]:
+    """(GGUF bytes, of which PLE table bytes, parameter count) of the text model at ``quant``."""
+    b = text_bytes(hp, quant, source_type)
+    return b["total"], b["ple"], b["params"]
+
+
+# ggml types a KV cache can have: (values per block, bytes per block)
+KV_BLOCKS = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
+
+
+def _row_bytes(kv_type: str, width: int) -> int:
+    per, size = KV_BLOCKS[kv_type]
+    return -(-width // per) * size
+
+
+def kv_cache_bytes(hp: Layout, ctx: int = DEFAULT_CTX, kv_type: str = "f16", flash_attn: bool = False) -> int:
+    """The KV cache llama.cpp allocates (and clears, so all of it is resident) for ``g4 chat``.
 
     Every layer that keeps its own cache (KV-shared layers reuse another's) gets ``ctx`` cells
-    (padded to 256), sliding layers too: g4 uses llama.cpp's full-size sliding-window cache so
-    that a conversation can be rolled back (/regen, thinking stripped from history). Without
-    flash attention llama.cpp pads every layer's V row to the widest one (heads × head dim).
+    (padded to 256), sliding layers too: g4 uses llama.cpp's full-size sliding-window cache
+    (``swa_full``) so that a conversation can be rolled back (/regen, thinking stripped from
+    history). K and V rows are ``kv_type`` rows (Q8_0/Q4_0 in blocks of 32). Without flash
+    attention llama.cpp keeps V transposed and pads every layer's V row to the widest one of
+    the model (heads × head dim; llama-kv-cache.cpp, TAG_V_CACHE_VARIABLE).
     """
     cells = -(-ctx // 256) * 256
+    width = [hp.n_head_kv(il) * hp.head_dim(il) for il in range(hp.n_layer)]
+    v_max = max(width, default=0)
     own = [il for il in range(hp.n_layer) if not hp.is_shared(il)]
-    width = {il: hp.n_head_kv(il) * hp.head_dim(il) for il in own}
-    v_width = max(width.values(), default=0)
-    return sum(cells * (width[il] + v_width) * 2 for il in own)
+    v_width = {il: width[il] if flash_attn else v_max for il in own}
+    per_cell = sum(_row_bytes(kv_type, width[il]) + _row_bytes(kv_type, v_width[il]) for il in own)
+    return cells * per_cell
 
 
 def source_dtype(config: dict) -> str:
@@ -228,7 +248,9 @@ def estimate(
     n_projector = max(source_bytes // SOURCE_BYTES[dtype] - n_text, 0)
     has_towers = bool(config.get("vision_config") or config.get("audio_config"))
     vision = config.get("vision_config") or {}
-    position_table = 2 * int(vision.get("position_embedding_size", 10240)) * int(vision.get("hidden_size", 0))
+    # kept F32 by the converter: gemma4v's [2, P, H]; the 12B's [P, 2, mm_embed_dim] (no tower)
+    table_rows = vision.get("position_embedding_size", vision.get("mm_posemb_size", 10240))
+    position_table = 2 * int(table_rows) * int(vision.get("hidden_size", vision.get("mm_embed_dim", 0)))
     return Estimate(
         quant=quant,
         ctx=ctx,

@@ -6,7 +6,9 @@ needs two numbers before it loads a model, so it scans key by key and stops at w
 
 from __future__ import annotations
 
+import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,6 +35,9 @@ def _value(f: BinaryIO, vtype: int, keep: bool) -> Any:
     if vtype in _SCALARS:
         return _read(f, _SCALARS[vtype])
     if vtype == STRING:
+        if not keep:  # skipped unread (a 262k-token vocabulary is most of a header)
+            f.seek(_read(f, "<Q"), 1)
+            return None
         return _string(f)
     if vtype == ARRAY:
         etype, n = _read(f, "<I"), _read(f, "<Q")
@@ -67,3 +72,42 @@ def read_values(path: Path | str, wanted: set[str]) -> dict[str, Any]:
             if len(found) == len(wanted):
                 break
     return found
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # ggml order (fastest-varying first)
+    ggml_type: int
+    offset: int  # from the start of the data section
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_tensors(path: Path | str) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """Every scalar and string key (arrays skipped) and every tensor's description."""
+    values: dict[str, Any] = {}
+    tensors: list[TensorInfo] = []
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file")
+        _read(f, "<I")
+        n_tensors, n_kv = _read(f, "<Q"), _read(f, "<Q")
+        if n_tensors > 1 << 20 or n_kv > 1 << 20:
+            raise ValueError(f"{path}: implausible GGUF header counts")
+        for _ in range(n_kv):
+            key = _string(f)
+            vtype = _read(f, "<I")
+            value = _value(f, vtype, keep=vtype != ARRAY)
+            if vtype != ARRAY:
+                values[key] = value
+        for _ in range(n_tensors):
+            name = _string(f)
+            n_dims = _read(f, "<I")
+            if n_dims > 8:
+                raise ValueError(f"{path}: tensor {name!r} has {n_dims} dimensions")
+            shape = tuple(_read(f, "<Q") for _ in range(n_dims))
+            tensors.append(TensorInfo(name, shape, _read(f, "<I"), _read(f, "<Q")))
+    return values, tensors

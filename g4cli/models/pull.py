@@ -301,8 +301,9 @@ def capabilities(ckpt: Checkpoint) -> dict[str, bool]:
 
     hp = text_params(ckpt.config)
     return {
-        "vision": any(n.startswith("model.vision_tower.") for n in ckpt.tensors),
-        "audio": any(n.startswith("model.audio_tower.") for n in ckpt.tensors),
+        # a tower, or the 12B's embedders of raw patches / waveform frames (no tower)
+        "vision": any(n.startswith(("model.vision_tower.", "model.vision_embedder.")) for n in ckpt.tensors),
+        "audio": any(n.startswith(("model.audio_tower.", "model.embed_audio.")) for n in ckpt.tensors),
         "experts": hp.n_expert > 0,  # MoE (26B-A4B)
         "ple": hp.ple_dim > 0,  # per-layer embeddings (E2B/E4B)
     }

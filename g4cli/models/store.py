@@ -152,6 +152,11 @@ def resolve(name_or_path: str | Path) -> ModelEntry:
         if found is None:
             raise ModelNotFound(f"{path}: unreadable {MANIFEST}", hint="pull it again (g4 rm, then g4 pull)")
         return found
+    return resolve_name(text)
+
+
+def resolve_name(text: str) -> ModelEntry:
+    """A pulled model by name only, never a path (what a server takes from a request)."""
     name, quant = _parse_name(text)
     found = find(name, quant)
     if not found:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from g4cli.chat.conversation import ChannelSplitter, Event, Stats, Turn
 from g4cli.chat.runtime.cache import MediaUnit, Sequence, n_pos
-from g4cli.chat.runtime.sampler import Sampler
+from g4cli.chat.runtime.sampler import Sampler, grammar_guard
 from g4cli.chat.settings import Sampling
 from g4cli.errors import RuntimeFailure
 
@@ -47,11 +47,15 @@ class Decoder:
     """One answer on one sequence: each step samples a token from the logits, turns it into
     events, and says which token to evaluate next (None once the answer is over)."""
 
-    def __init__(self, model: Model, seq: Sequence, sampling: Sampling, stats: Stats, t0: float) -> None:
+    def __init__(
+        self, model: Model, seq: Sequence, sampling: Sampling, stats: Stats, t0: float, n_ctx: int | None = None
+    ) -> None:
         self.model, self.seq, self.stats, self.t0 = model, seq, stats, t0
-        self.sampler = Sampler(model.vocab, sampling)
+        self.n_ctx = n_ctx or model.n_ctx  # positions this sequence may fill
+        guard = grammar_guard(model) if sampling.grammar is not None else None
+        self.sampler = Sampler(model.vocab, sampling, guard)
         self.splitter = ChannelSplitter()
-        self.limit = sampling.max_tokens if sampling.max_tokens is not None else model.n_ctx
+        self.limit = sampling.max_tokens if sampling.max_tokens is not None else self.n_ctx
         self.finish = "stop"
         self.t_first: float | None = None
 
@@ -70,7 +74,7 @@ class Decoder:
             return self.splitter.finish(), None
         control = self.model.control(tok)
         events = self.splitter.feed(control, b"" if control else self.model.piece_bytes(tok))
-        if self.seq.n_past >= self.model.n_ctx:
+        if self.seq.n_past >= self.n_ctx:
             self.finish = "context"
             return events + self.splitter.finish(), None
         return events, tok

@@ -27,7 +27,7 @@ from g4cli.chat.runtime.handle import Handle
 from g4cli.chat.runtime.hardware import physical_cores
 from g4cli.chat.runtime.llama_log import LOG
 from g4cli.chat.runtime.prompt import Prompt, tokenize_media_prompt
-from g4cli.chat.settings import Sampling
+from g4cli.chat.settings import IMAGE_TOKENS, Sampling
 from g4cli.errors import CapabilityError, RuntimeFailure
 from g4cli.models.catalog import DEFAULT_CTX  # shared with the fit estimate of g4 pull
 
@@ -36,6 +36,13 @@ KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
 CPU_FLASH_ATTN = False  # flash attention on CPU-only loads with --flash-attn auto (see bench/knobs_bench.py)
 _CONTROL_TEXT = {"<|channel>": "open", "<channel|>": "close"}
 _BACKEND = {"ready": False}
+# The per-image token budget without --image-tokens: the most gemma4v takes (mtmd's image_max_tokens).
+# llama.cpp sizes each image dynamically: its own size rounded to 48 px, shrunk only to fit the
+# budget, enlarged only up to 70 tokens (image_min_tokens), so a high budget costs small images
+# nothing. transformers' processor defaults to 280 (max_soft_tokens) and resizes every image to
+# fill it; at 280 a 1920x1080 screenshot becomes 1056x576 and OCR fails (ollama #17152, LM Studio
+# bug tracker #1898): reading text needs the maximum.
+DEFAULT_IMAGE_TOKENS = IMAGE_TOKENS[1]
 
 
 def require(capability: str, capabilities: set[str], model: str, mmproj: Path | None, detail: str = "") -> None:
@@ -54,6 +61,15 @@ def projector_capabilities(mmproj: Path | None) -> set[str]:
     LOG.install()
     caps = mtmd.mtmd_get_cap_from_file(os.fsencode(mmproj))
     return {name for name, ok in (("vision", caps.inp_vision), ("audio", caps.inp_audio)) if ok}
+
+
+def suppress_tokens(vocab: object) -> list[int]:
+    """The ids generation must never pick (``tokenizer.ggml.suppress_tokens``, from the release's
+    generation_config.json: the 12B has them). llama.cpp reads them into the vocabulary but bans
+    them only in its common/ sampling code, which the bindings lack: g4's sampler bans them."""
+    n = ctypes.c_int32(0)
+    ids = llama_cpp.llama_vocab_get_suppress_tokens(vocab, ctypes.byref(n))
+    return list(ids[: n.value]) if ids and n.value > 0 else []
 
 
 def _trained_context(gguf: Path) -> int | None:
@@ -80,6 +96,7 @@ class Model(Handle):
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         n_batch: int = 512,
+        n_ubatch: int | None = None,
         n_seq: int = 1,
         flash_attn: str = "auto",
         kv_type: str = "f16",
@@ -99,7 +116,8 @@ class Model(Handle):
         self.threads = threads
         self.flash_attn = self._flash_attn(flash_attn, kv_type, n_gpu_layers)
         self.kv_type = kv_type
-        self.image_tokens = image_tokens
+        self.image_tokens = image_tokens or DEFAULT_IMAGE_TOKENS
+        self._ubatch_given = n_ubatch  # None: see _ubatch; a number is used as is (larger images split: tests)
         if n_ctx is None:  # the default, but never beyond what the model was trained for
             n_ctx = min(DEFAULT_CTX, _trained_context(self.path) or DEFAULT_CTX)
         self.model = self.ctx = self._mtmd = self._batch = None
@@ -119,8 +137,14 @@ class Model(Handle):
         if not self.model:
             detail = self._log.last_error() or "not a GGUF llama.cpp can load"
             raise RuntimeFailure(f"{self.path}: cannot load the model ({detail})")
+        self.capabilities: set[str] = set()
+        self.non_causal_images = False
+        if self.mmproj is not None:  # before the context: its images may need a larger ubatch
+            self._init_mtmd(threads, n_gpu_layers > 0)
+        self.n_ubatch = self._ubatch(n_batch)
         cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq
+        cp.n_ctx, cp.n_seq_max = n_ctx, n_seq
+        cp.n_batch, cp.n_ubatch = max(n_batch, self.n_ubatch), self.n_ubatch  # text still goes n_batch at a time
         cp.n_threads = cp.n_threads_batch = threads
         cp.flash_attn_type = self.flash_attn
         cp.type_k = cp.type_v = KV_TYPES[self.kv_type]
@@ -128,15 +152,17 @@ class Model(Handle):
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
             detail = self._log.last_error() or "out of memory?"
+            if self.n_ubatch > n_batch:
+                raise RuntimeFailure(
+                    f"{self.path}: cannot create a context of {n_ctx} tokens that takes a whole "
+                    f"{self.n_ubatch}-token image at once ({detail}); lower --image-tokens or --ctx"
+                )
             raise RuntimeFailure(f"{self.path}: cannot create a context of {n_ctx} tokens ({detail})")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
         self.template = self._chat_template()
-        self.capabilities: set[str] = set()
-        if self.mmproj is not None:
-            self._init_mtmd(threads, n_gpu_layers > 0)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.sequences = [Sequence(self.ctx, i) for i in range(n_seq)]
         self._control = {self._single_token(text): kind for text, kind in _CONTROL_TEXT.items()}
@@ -169,11 +195,17 @@ class Model(Handle):
         seq.clear()
 
     def _init_mtmd(self, threads: int, gpu: bool) -> None:
+        """The projector, with ``self.image_tokens`` as its per-image budget. gemma4v (clip.cpp)
+        rounds an image to 48-px multiples, shrinks it (aspect kept, rounded down) when it
+        exceeds image_max_tokens, and enlarges it (rounded up) when it is under
+        image_min_tokens; the minimum stays llama.cpp's 70, so small images are not blown up."""
+        self._mtmd_args = (threads, gpu)
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = gpu
         params.n_threads = threads
         params.print_timings = False
         params.warmup = False
+        params.image_max_tokens = self.image_tokens
         self._mtmd = mtmd.mtmd_init_from_file(os.fsencode(self.mmproj), self.model, params)
         if not self._mtmd:
             detail = self._log.last_error() or "not a projector for this model?"
@@ -182,6 +214,40 @@ class Model(Handle):
             self.capabilities.add("vision")
         if mtmd.mtmd_support_audio(self._mtmd):
             self.capabilities.add("audio")
+        # mtmd's own rule (mtmd_decode_use_non_causal): 26B/31B-style gemma4v images attend both
+        # ways, E2B/E4B ones (text width 1536/2560) causally
+        self.non_causal_images = "vision" in self.capabilities and mtmd.mtmd_decode_use_non_causal(self._mtmd, None)
+
+    def _ubatch(self, n_batch: int) -> int:
+        """llama.cpp's micro-batch: ``n_batch``, or room for the largest image when images are
+        decoded non-causally, which llama.cpp does right only within one ubatch (mtmd-helper's
+        scope_non_causal; split across ubatches, an image's first tokens never see its last).
+        gemma4v's largest image is the budget (but for very long, thin ones: see eval_media)."""
+        if self._ubatch_given is not None:
+            return self._ubatch_given
+        return max(n_batch, self.image_tokens) if self.non_causal_images else n_batch
+
+    def set_image_tokens(self, n: int) -> None:
+        """A new per-image budget (``/set image_tokens``): a new projector context, and no image
+        cached under the old budget is reused (the KV cache is cleared; token counts are kept per budget)."""
+        if self._mtmd is None or n == self.image_tokens:
+            self.image_tokens = n
+            return
+        if self.non_causal_images and n > self.n_ubatch:
+            raise RuntimeFailure(
+                f"{self.name} reads each image whole and was loaded for images of up to {self.n_ubatch} "
+                f"tokens; restart with --image-tokens {n}"
+            )
+        old, self.image_tokens = self.image_tokens, n
+        mtmd.mtmd_free(self._mtmd)
+        self._mtmd = None
+        try:
+            self._init_mtmd(*self._mtmd_args)
+        except RuntimeFailure:
+            self.image_tokens = old
+            self._init_mtmd(*self._mtmd_args)
+            raise
+        self.reset()
 
     # --- metadata ------------------------------------------------------------------------------
 
@@ -201,6 +267,11 @@ class Model(Handle):
     def _chat_template(self) -> str | None:
         raw = llama_cpp.llama_model_chat_template(self.model, None)
         return raw.decode("utf-8", "replace") if raw else None
+
+    @property
+    def suppress_tokens(self) -> list[int]:
+        """Token ids the sampler never picks (see ``suppress_tokens``)."""
+        return suppress_tokens(self.vocab)
 
     def describe(self) -> dict[str, object]:
         """What ``/show`` prints about the model."""
@@ -246,11 +317,13 @@ class Model(Handle):
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[: max(n, 0)]
 
-    def render(self, turns: list[Turn], think: bool = False) -> str:
-        """The prompt text (media as mtmd markers), rendered by the model's own chat template."""
+    def render(self, turns: list[Turn], think: bool = False, tools: list[dict] | None = None) -> str:
+        """The prompt text (media as mtmd markers), rendered by the model's own chat template
+        (with ``tools`` declared to the model when given)."""
         if not self.template:
             raise RuntimeFailure(f"{self.path}: the GGUF has no chat template")
-        return template.prompt_text(self.template, turns, think=think, bos=self.bos_text, marker=MARKER)
+        extra = {"tools": tools} if tools else {}
+        return template.prompt_text(self.template, turns, think=think, bos=self.bos_text, marker=MARKER, **extra)
 
     # --- media ---------------------------------------------------------------------------------
 
@@ -280,11 +353,13 @@ class Model(Handle):
             return [u.n_tokens for u in p.units if isinstance(u, MediaUnit)]
 
     def media_positions(self, media: Media) -> int:
-        """Positions an attachment takes in a prompt, with the tokens mtmd wraps it in (cached)."""
-        if media.sha256 not in self._media_pos:
+        """Positions an attachment takes in a prompt, with the tokens mtmd wraps it in (cached
+        per content and image budget)."""
+        key = f"{media.sha256}@{self.image_tokens}"
+        if key not in self._media_pos:
             with self.tokenize_prompt(MARKER * max(1, len(media.pieces)), [media]) as p:
-                self._media_pos[media.sha256] = p.n_pos
-        return self._media_pos[media.sha256]
+                self._media_pos[key] = p.n_pos
+        return self._media_pos[key]
 
     def prompt_tokens(self, turns: list[Turn], think: bool = False) -> int:
         """Positions the prompt for ``turns`` takes: its text tokens plus each attachment's."""
@@ -329,9 +404,19 @@ class Model(Handle):
             seq.added(part, len(part))
 
     def eval_media(self, seq: Sequence, chunk: object, unit: MediaUnit, logits_last: bool) -> None:
+        """Encode a media chunk and decode its embeddings into ``seq``. A non-causal one goes in
+        one ubatch (never more than n_ubatch at once: llama.cpp asserts that, killing the process)."""
+        n_batch = self.n_batch
+        if mtmd.mtmd_decode_use_non_causal(self._mtmd, chunk):
+            n_batch = self.n_ubatch
+            if unit.n_tokens > n_batch and self._ubatch_given is None:
+                raise RuntimeFailure(
+                    f"an image of {unit.n_tokens} tokens is more than the {n_batch} this model reads at "
+                    "once (a very long, thin image?); crop it or lower --image-tokens"
+                )
         new_n_past = llama_cpp.llama_pos(0)
         rc = mtmd.mtmd_helper_eval_chunk_single(
-            self._mtmd, self.ctx, chunk, seq.n_past, seq.seq_id, self.n_batch, logits_last, ctypes.byref(new_n_past)
+            self._mtmd, self.ctx, chunk, seq.n_past, seq.seq_id, n_batch, logits_last, ctypes.byref(new_n_past)
         )
         if rc != 0:
             raise RuntimeFailure(f"llama.cpp could not encode the media (code {rc}): {self._log.last_error()}")
