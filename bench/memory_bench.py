@@ -138,6 +138,8 @@ def worker(spec: dict) -> None:
     t0 = time.perf_counter()
     tensors = {k: tuple(v) for k, v in spec["tensors"].items()}
     with Model(spec["gguf"], spec.get("mmproj"), n_ctx=spec["ctx"], flash_attn=spec.get("flash_attn", "auto")) as m:
+        if spec.get("projector"):
+            assert m.projector is not None  # loaded now, as the first image would
         load_s = time.perf_counter() - t0
         loaded, loaded_pages = status(), resident_by_tensor(Path(spec["gguf"]), tensors)
         text = fill_text(m, spec["prompt_tokens"])
@@ -195,16 +197,20 @@ MODES = {
     "mmap/lazy-on/no-repack": ({"load_mode": -1, "lazy_mode": 2, "use_extra_bufts": False}, True),
     "read/lazy-off": ({"load_mode": 0, "lazy_mode": 0}, True),
     "read/lazy-on": ({"load_mode": 0, "lazy_mode": 2}, True),
-    "g4": ({}, True),  # whatever g4cli/chat/runtime/model.py sets
-    "g4/text-only": ({}, False),  # the same without the projector
+    "g4": ({}, True),  # whatever g4cli/chat/runtime/model.py sets (the projector loads on first use)
+    "g4/projector-loaded": ({}, True),  # the same once an image or audio was sent
 }
+# Modes whose projector is loaded before the chat (g4 loads it with the first image or audio):
+# the llama.cpp variants are compared as llama.cpp's tools load them, projector included.
+PROJECTOR_UP_FRONT = {name for name, (params, with_mmproj) in MODES.items() if with_mmproj and params}
+PROJECTOR_UP_FRONT.add("g4/projector-loaded")
 
 
 def run_mode(name: str, gguf: Path, mmproj: Path, tensors: dict, args: argparse.Namespace, prompt: int) -> dict:
     params, with_mmproj = MODES[name]
     spec = {
         "gguf": str(gguf), "mmproj": str(mmproj) if with_mmproj else None, "ctx": args.ctx, "tokens": args.tokens,
-        "prompt_tokens": prompt, "tensors": tensors, "params": params,
+        "prompt_tokens": prompt, "tensors": tensors, "params": params, "projector": name in PROJECTOR_UP_FRONT,
     }  # fmt: skip
     cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "--worker", json.dumps(spec)]
     out, others = quiet_run(cmd, args.noise, env={**os.environ, "G4_LLAMA_LOG": "1"})

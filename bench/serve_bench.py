@@ -33,15 +33,27 @@ sys.path.insert(0, str(ROOT / "tests"))
 PROMPT = "Write a long story about a fox who learns to code."
 
 
+_CLIENT: list = []
+
+
+def client():
+    """One HTTP client with keep-alive, as a real client holds (a new httpx client per request
+    costs ~35 ms of the client's own set-up, which is not the server's TTFT)."""
+    import httpx
+
+    if not _CLIENT:
+        _CLIENT.append(httpx.Client(timeout=600))
+    return _CLIENT[0]
+
+
 def stream_request(url: str, body: dict) -> dict:
     """POST a streaming chat completion; times measured as the SSE chunks arrive."""
-    import httpx
 
     t0 = time.perf_counter()
     first = last = None
     pieces = 0
     usage: dict = {}
-    with httpx.stream(
+    with client().stream(
         "POST",
         url + "/v1/chat/completions",
         json={**body, "stream": True, "stream_options": {"include_usage": True}},
@@ -129,6 +141,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="use the tiny test model (quick check)")
+    ap.add_argument("--parts", default="abcde", help="which measurements to run (default: all)")
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "g4-bench")
     args = ap.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
@@ -158,82 +171,87 @@ def main() -> None:
 
     print(f"model {model.name}, {args.tokens} tokens, {threads} threads, median of {args.repeat}\n")
     # (a) + (b)
-    remote, local = [], []
-    with Served(model, "--parallel", "1", "--threads", threads) as s:
-        stream_request(s.url, {**body, "max_tokens": 4})  # warm
-        for _ in range(args.repeat):
-            remote.append(stream_request(s.url, body))
-            local.append(local_run(model, args.tokens, threads))
-    med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
-    print("(a) single-stream decode tok/s (outside measurement; g4's own figure in brackets)")
-    print(f"    server   {med(remote, 'tps'):8.1f}  [{med(remote, 'server_tps'):.1f}]")
-    print(f"    local    {med(local, 'tps'):8.1f}  [{med(local, 'self_tps'):.1f}]")
-    print(f"    ratio    {med(remote, 'tps') / med(local, 'tps'):8.3f}  (goal >= 0.95)")
-    overhead = [(r["ttft"] - r["server_ttft"]) * 1000 for r in remote]
-    print(
-        f"(b) TTFT client {med(remote, 'ttft') * 1000:.1f} ms, server {med(remote, 'server_ttft') * 1000:.1f} ms: "
-        f"HTTP overhead {statistics.median(overhead):.1f} ms (goal <= 10)"
-    )
+    if "a" in args.parts:
+        remote, local = [], []
+        with Served(model, "--parallel", "1", "--threads", threads) as s:
+            stream_request(s.url, {**body, "max_tokens": 4})  # warm
+            for _ in range(args.repeat):
+                remote.append(stream_request(s.url, body))
+                local.append(local_run(model, args.tokens, threads))
+        med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
+        print("(a) single-stream decode tok/s (outside measurement; g4's own figure in brackets)")
+        print(f"    server   {med(remote, 'tps'):8.1f}  [{med(remote, 'server_tps'):.1f}]")
+        print(f"    local    {med(local, 'tps'):8.1f}  [{med(local, 'self_tps'):.1f}]")
+        print(f"    ratio    {med(remote, 'tps') / med(local, 'tps'):8.3f}  (goal >= 0.95)")
+        overhead = [(r["ttft"] - r["server_ttft"]) * 1000 for r in remote]
+        print(
+            f"(b) TTFT client {med(remote, 'ttft') * 1000:.1f} ms, server {med(remote, 'server_ttft') * 1000:.1f} ms: "
+            f"HTTP overhead {statistics.median(overhead):.1f} ms (goal <= 10)"
+        )
 
     # (c)
-    with Served(model, "--parallel", "4", "--threads", threads) as s:
-        stream_request(s.url, {**body, "max_tokens": 4})
-        t0 = time.perf_counter()
-        one = stream_request(s.url, body)
-        single = one["tokens"] / (time.perf_counter() - t0)
-        results: list[dict] = []
+    if "c" in args.parts:
+        with Served(model, "--parallel", "4", "--threads", threads) as s:
+            stream_request(s.url, {**body, "max_tokens": 4})
+            t0 = time.perf_counter()
+            one = stream_request(s.url, body)
+            single = one["tokens"] / (time.perf_counter() - t0)
+            results: list[dict] = []
 
-        def go(i: int) -> None:
-            results.append(
-                stream_request(s.url, {**body, "messages": [{"role": "user", "content": f"{PROMPT} ({i})"}]})
-            )
+            def go(i: int) -> None:
+                results.append(
+                    stream_request(s.url, {**body, "messages": [{"role": "user", "content": f"{PROMPT} ({i})"}]})
+                )
 
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=go, args=(i,)) for i in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        wall = time.perf_counter() - t0
-        total = sum(r["tokens"] for r in results)
-    print(
-        f"(c) aggregate throughput: 1 stream {single:.1f} tok/s, 4 streams {total / wall:.1f} tok/s "
-        f"({total / wall / single:.2f}x)"
-    )
+            t0 = time.perf_counter()
+            ts = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            wall = time.perf_counter() - t0
+            total = sum(r["tokens"] for r in results)
+        print(
+            f"(c) aggregate throughput: 1 stream {single:.1f} tok/s, 4 streams {total / wall:.1f} tok/s "
+            f"({total / wall / single:.2f}x)"
+        )
 
     # (d)
-    history = conversation(3600)
-    follow = [*history, {"role": "user", "content": "And now, in one sentence?"}]
-    with Served(model, "--parallel", "1", "--threads", threads, "--ctx", "8192") as s:
-        first = stream_request(
-            s.url, {**body, "messages": [*history, {"role": "user", "content": "Summarise."}], "max_tokens": 2}
+    if "d" in args.parts:
+        history = conversation(1750)  # ~4,000 tokens of the mid model
+        follow = [*history, {"role": "user", "content": "And now, in one sentence?"}]
+        with Served(model, "--parallel", "1", "--threads", threads, "--ctx", "8192") as s:
+            first = stream_request(
+                s.url, {**body, "messages": [*history, {"role": "user", "content": "Summarise."}], "max_tokens": 2}
+            )
+            cached = stream_request(s.url, {**body, "messages": follow, "max_tokens": 8})
+        with Served(model, "--parallel", "1", "--threads", threads, "--ctx", "8192") as s:
+            stream_request(s.url, {**body, "max_tokens": 2})  # loaded and warm, but nothing of the history cached
+            fresh = stream_request(s.url, {**body, "messages": follow, "max_tokens": 8})
+        print(
+            f"(d) follow-up after {first['prompt_tokens']} tokens of history: first token in "
+            f"{cached['ttft'] * 1000:.0f} ms with the prefix cache, {fresh['ttft'] * 1000:.0f} ms without "
+            f"({fresh['ttft'] / cached['ttft']:.1f}x)"
         )
-        cached = stream_request(s.url, {**body, "messages": follow, "max_tokens": 8})
-    with Served(model, "--parallel", "1", "--threads", threads, "--ctx", "8192") as s:
-        stream_request(s.url, {**body, "max_tokens": 2})  # loaded and warm, but nothing of the history cached
-        fresh = stream_request(s.url, {**body, "messages": follow, "max_tokens": 8})
-    print(
-        f"(d) follow-up after {first['prompt_tokens']} tokens of history: first token in "
-        f"{cached['ttft'] * 1000:.0f} ms with the prefix cache, {fresh['ttft'] * 1000:.0f} ms without "
-        f"({fresh['ttft'] / cached['ttft']:.1f}x)"
-    )
 
     # (e)
-    def loop(target: str, host: str) -> float:
-        t0 = time.perf_counter()
-        for _ in range(20):
-            cmd = [sys.executable, "-m", "g4cli.app", "chat", target, "hi", "-n", "8", "--temp", "0"]
-            env = {**os.environ, "G4_HOST": host}
-            subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        return time.perf_counter() - t0
+    if "e" in args.parts:
 
-    without = loop(str(model), "127.0.0.1:9")  # nothing listens there: every call loads the model
-    with Served(model, "--threads", threads) as s:
-        with_server = loop(name, s.url.removeprefix("http://"))
-    print(
-        f"(e) 20 one-shot calls: {without:.1f} s without a server, {with_server:.1f} s with one "
-        f"({without / with_server:.1f}x)"
-    )
+        def loop(target: str, host: str) -> float:
+            t0 = time.perf_counter()
+            for _ in range(20):
+                cmd = [sys.executable, "-m", "g4cli.app", "chat", target, "hi", "-n", "8", "--temp", "0"]
+                env = {**os.environ, "G4_HOST": host}
+                subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            return time.perf_counter() - t0
+
+        without = loop(str(model), "127.0.0.1:9")  # nothing listens there: every call loads the model
+        with Served(model, "--threads", threads) as s:
+            with_server = loop(name, s.url.removeprefix("http://"))
+        print(
+            f"(e) 20 one-shot calls: {without:.1f} s without a server, {with_server:.1f} s with one "
+            f"({without / with_server:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,26 @@ ModelArg = Annotated[
     str,
     typer.Argument(
         metavar="MODEL",
-        help="e2b, e4b, 26b-a4b (26b), 31b with an optional :quant tag (e4b:q8_0); an org/repo id; a checkpoint dir.",
+        help="e2b, e4b, 12b, 26b-a4b (26b), 31b, optionally with a :quant tag (e4b:q8_0); an org/repo id; a directory.",
         show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
+
+# Loading a model for chat (g4 chat, g4 serve): one definition, the same help in both.
+GpuLayersOpt = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to a GPU (needs a GPU build).")]
+ChatThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", "-t", help="CPU threads (default: the physical cores, as llama.cpp).")
+]
+FlashAttnOpt = Annotated[str, typer.Option("--flash-attn", help="Flash attention: auto (the measured best), on, off.")]
+KvTypeOpt = Annotated[
+    str, typer.Option("--kv-type", help="KV cache type: f16, q8_0, q4_0 (quantized needs flash attention).")
+]
+ImageTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--image-tokens",
+        metavar="N",
+        help="Most tokens per image, 70-1120 (default 1120: full detail, to read text; small images stay small).",
+    ),
+]

@@ -13,6 +13,10 @@ The other weights are random, so a token costs the full compute of the chosen wi
     gguf = scripted_gguf(tmp / "m", split_script("Hello **world**.\\n"))
     # g4 chat gguf "anything" --temp 0   ->   Hello **world**.
 
+A script may also hold the thinking channel's control tokens, ``<|channel>`` and ``<channel|>``
+(base tokens, emitted as themselves): ``["<|channel>", "thought\\nHmm.", "<channel|>", "Yes."]``
+is a model that thinks "Hmm." and answers "Yes." when asked to think (``--think``).
+
 Because the model only sees the current token, a script cannot repeat a piece:
 ``split_script`` cuts a text into word-sized pieces, merging a piece that was already used
 with the next one, so any text becomes a valid script.
@@ -20,6 +24,7 @@ with the next one, so any text becomes a valid script.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -69,18 +74,33 @@ def split_script(text: str, words: int = 1) -> list[str]:
     return out
 
 
+CONTROL = ("<|channel>", "<channel|>")  # base tokens a script may hold (the thinking channel)
+
+
 def _check(script: list[str]) -> None:
     taken = base_vocab()
     seen: set[str] = set()
     for piece in script:
-        if not piece or piece in seen or piece in taken:
+        if not piece or piece in seen or (piece in taken and piece not in CONTROL):
             raise ValueError(f"script piece {piece!r} is empty, repeated or a base token (use split_script)")
         seen.add(piece)
 
 
+def _ids(script: list[str]) -> list[int]:
+    """Each piece's token id: its added token, or the control token it is."""
+    base, ids, added = base_vocab(), [], 0
+    for piece in script:
+        if piece in CONTROL:
+            ids.append(base[piece])
+        else:
+            ids.append(BASE_VOCAB + added)
+            added += 1
+    return ids
+
+
 def _tokenizer(script: list[str]) -> tuple[dict, dict]:
     tokenizer, config = tiny_tokenizer.build(BASE_VOCAB)
-    for i, piece in enumerate(script):
+    for i, piece in enumerate(p for p in script if p not in CONTROL):
         tokenizer["added_tokens"].append(
             {
                 "id": BASE_VOCAB + i,
@@ -95,19 +115,19 @@ def _tokenizer(script: list[str]) -> tuple[dict, dict]:
     return tokenizer, config
 
 
-def _tables(vocab: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _tables(vocab: int, width: int, rng: np.random.Generator, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, output matrix) that chain the prompt's last token -> script -> <turn|>."""
     embed = (rng.standard_normal((vocab, width), dtype=np.float32) / math.sqrt(width)).astype(np.float32)
     unit = embed / np.linalg.norm(embed, axis=1, keepdims=True)
     head = np.zeros((vocab, width), dtype=np.float32)
-    n = vocab - BASE_VOCAB
     # the final norm leaves a hidden state of length sqrt(width) along the token's embedding
     scale = MATCH_LOGIT / math.sqrt(width)
-    for prev in (*PROMPT_ENDS, base_vocab()["\n"]):  # "\n" ends the prompt with thinking on
-        head[BASE_VOCAB] += scale * unit[prev]
-    for i in range(n - 1):
-        head[BASE_VOCAB + i + 1] = scale * unit[BASE_VOCAB + i]
-    head[END_OF_TURN] = scale * unit[BASE_VOCAB + n - 1]
+    ends = [t for t in PROMPT_ENDS if t not in ids]  # a script that closes the channel itself goes on from it
+    for prev in (*ends, base_vocab()["\n"]):  # "\n" ends the prompt with thinking on
+        head[ids[0]] += scale * unit[prev]
+    for prev, nxt in itertools.pairwise(ids):
+        head[nxt] += scale * unit[prev]
+    head[END_OF_TURN] += scale * unit[ids[-1]]
     return embed, head
 
 
@@ -120,7 +140,8 @@ def scripted_checkpoint(
         raise ValueError("width must be a multiple of 256 and layers at least 2")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab = BASE_VOCAB + len(script)
+    ids = _ids(script)
+    vocab = BASE_VOCAB + sum(p not in CONTROL for p in script)
     kinds = ["sliding_attention"] * layers
     kinds[2::3] = ["full_attention"] * len(kinds[2::3])  # the 31B pattern: one full layer in three
     text = dict(
@@ -137,7 +158,7 @@ def scripted_checkpoint(
     cfg.update(tie_word_embeddings=False, vision_config=None, audio_config=None)
     tc = cfg["text_config"]
     rng = np.random.default_rng(seed)
-    embed, head = _tables(vocab, width, rng)
+    embed, head = _tables(vocab, width, rng, ids)
     fixed = {
         "model.language_model.embed_tokens.weight": embed,
         "lm_head.weight": head,

@@ -8,9 +8,9 @@ from media_files import audio_tokens, image_tokens
 
 from g4cli.chat import media
 from g4cli.chat.conversation import Turn
-from g4cli.chat.runtime.model import Model, projector_capabilities
+from g4cli.chat.runtime.model import Model, non_causal_images, projector_capabilities
 from g4cli.chat.settings import Sampling
-from g4cli.errors import CapabilityError, MediaError
+from g4cli.errors import CapabilityError, MediaError, RuntimeFailure
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,24 @@ def test_thinking_is_off_by_default_and_on_by_request(e2b, media_dir) -> None:
     assert off.endswith("<|turn>model\n<|channel>thought\n<channel|>") and "<|think|>" not in off
     assert on.endswith("<|turn>model\n") and on.startswith("<bos><|turn>system\n<|think|>\nBe brief.")
     assert off.count("<__media__>") == on.count("<__media__>") == 1
+
+
+@pytest.mark.parametrize("family", ["e2b", "31b"])
+def test_the_projector_loads_with_the_first_media_and_its_header_told_the_truth(gguf, media_dir, family) -> None:
+    path = gguf(family, "Q8_0")
+    with Model(path, path.with_name(f"mmproj-{family}-Q8_0.gguf"), n_ctx=4096) as m:
+        # from the header alone (the tiny models are narrower than E2B/E4B: mtmd reads theirs non-causally)
+        expected = {"e2b": {"vision", "audio"}, "31b": {"vision"}}[family]
+        assert m.capabilities == expected and m.non_causal_images
+        non_causal = m.non_causal_images
+        assert not non_causal_images(m.mmproj, 1536) and not non_causal_images(m.mmproj, 2560)  # real E2B/E4B widths
+        text = _generate(m, [Turn("user", "Hello there")])
+        assert m._mtmd is None  # a text chat never loads the towers
+        image = media.load(media_dir["aligned"])
+        stats = _generate(m, [Turn("user", "Hello there"), Turn("assistant", "Hi."), Turn("user", "This?", [image])])
+        assert m._mtmd is not None and stats.prompt_tokens > text.prompt_tokens + image_tokens(768, 768)
+        # loading checked the header's answers against mtmd's own: a mismatch is an error
+        m.non_causal_images = not non_causal
+        m.close_projector()
+        with pytest.raises(RuntimeFailure, match="not what its header says"):
+            m.projector  # noqa: B018

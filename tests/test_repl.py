@@ -28,7 +28,10 @@ def spawn(model: Path, *args: str, home: Path) -> pexpect.spawn:
     exe = g4_executable()
     env = {**os.environ, "TERM": "xterm-256color", "XDG_STATE_HOME": str(home / "state"), "COLUMNS": "100"}
     env.pop("NO_COLOR", None)
-    child = pexpect.spawn(exe[0], [*exe[1:], "chat", str(model), *args], env=env, encoding="utf-8", timeout=60)
+    # codec_errors: a random model's answer cut by Ctrl-C may end inside a UTF-8 sequence
+    child = pexpect.spawn(
+        exe[0], [*exe[1:], "chat", str(model), *args], env=env, encoding="utf-8", codec_errors="replace", timeout=60
+    )
     child.expect_exact(PROMPT)
     return child
 

@@ -11,6 +11,7 @@ from conftest import g4_executable
 
 from g4cli.errors import ModelBusy, ModelNotFound, UsageError
 from g4cli.models import catalog, fit, store
+from g4cli.render import human_bytes
 
 
 @pytest.fixture(scope="session")
@@ -68,9 +69,10 @@ def test_show_describes_architecture_quant_mix_and_files(run_g4, pulled) -> None
     data = json.loads(run_g4("show", "mini:q8_0", "--json").out)
     assert data["tag"] == "mini:q8_0" and data["architecture"]["layers"] == 10
     assert data["files"]["model"]["size"] == pulled.stat().st_size
-    assert (
-        data["memory"]["total"] == data["memory"]["weights"] + data["memory"]["projector"] + data["memory"]["kv_cache"]
-    )
+    mem = data["memory"]  # a text chat: the projector is counted apart (it loads with the first image)
+    assert mem["total"] == mem["weights"] + mem["kv_cache"] + mem["compute"] and mem["projector"] > 0
+    assert mem["weights"] >= data["files"]["model"]["size"] - mem["ple"]  # the PLE table is read as used
+    assert f"+{human_bytes(mem['projector'])} with images or audio" in rows["memory"]
 
     r = run_g4("show", "minu")
     assert r.returncode == 1 and r.err_lines == ["Error: minu is not pulled: run g4 pull minu (did you mean mini?)"]

@@ -10,6 +10,21 @@ from g4cli.chat.select import Choice
 from g4cli.chat.settings import LoadOptions
 
 
+def open_model(choice: Choice, options: LoadOptions, *, n_seq: int = 1) -> Model:
+    """The chosen model loaded with ``options`` (``n_seq`` sequences, each of ``options.ctx``)."""
+    return Model(
+        choice.gguf,
+        choice.mmproj,
+        n_ctx=options.ctx * n_seq if options.ctx else None,
+        n_threads=options.threads,
+        n_gpu_layers=options.gpu_layers,
+        n_seq=n_seq,
+        flash_attn=options.flash_attn,
+        kv_type=options.kv_type,
+        image_tokens=options.image_tokens,
+    )
+
+
 @contextlib.contextmanager
 def loaded(choice: Choice, options: LoadOptions, *, needs: set[str] | None = None) -> Iterator[Model]:
     """Check capabilities from the headers, then load the chosen model.
@@ -26,16 +41,7 @@ def loaded(choice: Choice, options: LoadOptions, *, needs: set[str] | None = Non
     with hold:
         status = render.err_console().status("loading model…") if render.stderr_is_tty() else contextlib.nullcontext()
         with status:
-            model = Model(
-                choice.gguf,
-                choice.mmproj,
-                n_ctx=options.ctx,
-                n_threads=options.threads,
-                n_gpu_layers=options.gpu_layers,
-                flash_attn=options.flash_attn,
-                kv_type=options.kv_type,
-                image_tokens=options.image_tokens,
-            )
+            model = open_model(choice, options)
         model.name = choice.name
         try:
             yield model

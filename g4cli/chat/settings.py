@@ -191,3 +191,25 @@ class ChatOptions:
     def needs(self) -> set[str]:
         """Capabilities the command line asks for before any file is read (``--mic``)."""
         return {"audio"} if self.record else set()
+
+
+def response_format(schema: str | None, output_format: str | None) -> dict | None:
+    """``--schema`` / ``--format json`` as an OpenAI ``response_format`` (None: free text)."""
+    import json
+
+    if output_format is not None and output_format != "json":
+        raise UsageError(f"--format {output_format!r}: only json is supported (or give --schema)")
+    if schema is None:
+        return {"type": "json_object"} if output_format else None
+    text = schema
+    if not schema.lstrip().startswith("{"):
+        path = Path(schema).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"--schema {schema}: cannot read ({e.strerror or e})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--schema: not valid JSON (line {e.lineno}: {e.msg})") from None
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": doc}}

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt
+
 
 def chat(  # long: one parameter per option, as Typer declares them; the body only builds ChatOptions
     model: Annotated[
@@ -45,26 +47,11 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible sampling.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", help="Stop after this many tokens.")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context size in tokens (default 8192).")] = None,
-    gpu_layers: Annotated[
-        int, typer.Option("--gpu-layers", help="Layers to offload to a GPU (needs a GPU build).")
-    ] = 0,
-    threads: Annotated[
-        int | None, typer.Option("--threads", "-t", help="CPU threads (default: the physical cores, as llama.cpp).")
-    ] = None,
-    flash_attn: Annotated[
-        str, typer.Option("--flash-attn", help="Flash attention: auto (the measured best), on, off.")
-    ] = "auto",
-    kv_type: Annotated[
-        str, typer.Option("--kv-type", help="KV cache type: f16, q8_0, q4_0 (quantized needs flash attention).")
-    ] = "f16",
-    image_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--image-tokens",
-            metavar="N",
-            help="Most tokens per image, 70-1120 (default 1120: full detail, to read text; small images stay small).",
-        ),
-    ] = None,
+    gpu_layers: GpuLayersOpt = 0,
+    threads: ChatThreadsOpt = None,
+    flash_attn: FlashAttnOpt = "auto",
+    kv_type: KvTypeOpt = "f16",
+    image_tokens: ImageTokensOpt = None,
     mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
     schema: Annotated[
         str | None,
@@ -110,12 +97,14 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
       cat notes.txt | g4 chat e4b "summarize" > summary.txt
       g4 chat e2b --audio meeting.m4a "List the action items" --json
       g4 chat e4b --mic                         # speak, get the answer on stdout
+      g4 chat e4b --schema person.json "Who wrote Faust?"   # JSON valid against the schema
+      g4 chat e4b --local "hi"                  # never through a running g4 serve
     """
     import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/chat/runtime/model.py)
 
     from g4cli.chat import oneshot
     from g4cli.chat.select import choose, split_args
-    from g4cli.chat.settings import ChatOptions, LoadOptions, MicOptions, Sampling
+    from g4cli.chat.settings import ChatOptions, LoadOptions, MicOptions, Sampling, response_format
     from g4cli.errors import UsageError
 
     given = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p}
@@ -154,28 +143,3 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     if json_out and sys.stdout.isatty() and prompt is None and sys.stdin.isatty() and not mic:
         raise UsageError("--json needs a PROMPT or piped input")
     oneshot.one_shot(model, prompt, opts)
-
-
-def response_format(schema: str | None, output_format: str | None) -> dict | None:
-    """``--schema`` / ``--format json`` as an OpenAI ``response_format`` (None: free text)."""
-    import json
-    from pathlib import Path
-
-    from g4cli.errors import UsageError
-
-    if output_format is not None and output_format != "json":
-        raise UsageError(f"--format {output_format!r}: only json is supported (or give --schema)")
-    if schema is None:
-        return {"type": "json_object"} if output_format else None
-    text = schema
-    if not schema.lstrip().startswith("{"):
-        path = Path(schema).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"--schema {schema}: cannot read ({e.strerror or e})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--schema: not valid JSON (line {e.lineno}: {e.msg})") from None
-    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": doc}}

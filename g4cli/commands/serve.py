@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt
+
 DEFAULT_PORT = 11435
 
 
@@ -38,17 +40,11 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
     keep_alive: Annotated[
         str, typer.Option("--keep-alive", help="Unload a model idle this long (5m, 1h, 0, -1 = never).")
     ] = "5m",
-    gpu_layers: Annotated[
-        int, typer.Option("--gpu-layers", help="Layers to offload to a GPU (needs a GPU build).")
-    ] = 0,
-    threads: Annotated[
-        int | None, typer.Option("--threads", "-t", help="CPU threads (default: the physical cores).")
-    ] = None,
-    flash_attn: Annotated[str, typer.Option("--flash-attn", help="Flash attention: auto, on, off.")] = "auto",
-    kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache type: f16, q8_0, q4_0.")] = "f16",
-    image_tokens: Annotated[
-        int | None, typer.Option("--image-tokens", metavar="N", help="Tokens per image, 70-1120.")
-    ] = None,
+    gpu_layers: GpuLayersOpt = 0,
+    threads: ChatThreadsOpt = None,
+    flash_attn: FlashAttnOpt = "auto",
+    kv_type: KvTypeOpt = "f16",
+    image_tokens: ImageTokensOpt = None,
     max_body: Annotated[int, typer.Option("--max-body", metavar="MB", help="Largest request body in MB.")] = 64,
     max_memory: Annotated[
         float | None,

@@ -66,7 +66,8 @@ def lines(e: ModelEntry) -> list[tuple[str, str]]:
         parts = (f"{t}: {v['tensors']} tensor{'s' * (v['tensors'] > 1)}, {h(v['bytes'])}" for t, v in mix.items())
         rows.append(("quant mix", "; ".join(parts)))
     if mem:
-        rows.append(("memory", f"{h(mem['total'])} at {mem['ctx']} context (KV cache {h(mem['kv_cache'])})"))
+        media = f"; +{h(mem['projector'])} with images or audio" if mem.get("projector") else ""
+        rows.append(("memory", f"{h(mem['total'])} at {mem['ctx']} context (KV cache {h(mem['kv_cache'])}{media})"))
     for role, f in m.get("files", {}).items():
         rows.append((f"file ({role})", f"{f['name']} {h(f['size'])} sha256 {f['sha256']}"))
     rows.append(("path", str(e.dir)))

@@ -16,6 +16,9 @@ from pathlib import Path
 from g4cli.errors import ModelNotFound, UsageError
 
 DEFAULT_CTX = 8192  # the default chat context (also what the fit estimate assumes)
+# Flash attention on CPU-only loads with --flash-attn auto: on (bench/knobs_bench.py: prefill +16-22 %,
+# decode +5-15 % at 512 and 4096 context on 2 cores); the fit estimate assumes it too.
+CPU_FLASH_ATTN = True
 DEFAULT_QUANT = "Q4_K_M"  # as llama.cpp and the HF Ollama bridge
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from g4cli.models.catalog import DEFAULT_CTX
+from g4cli.models.catalog import CPU_FLASH_ATTN, DEFAULT_CTX
 from quantize.gguf_out import F32_ALWAYS
 
 if TYPE_CHECKING:
@@ -96,10 +96,28 @@ class Estimate:
     ple: int  # of which the per-layer embedding table (E2B/E4B)
     projector: int  # vision/audio projector GGUF
     kv_cache: int
+    embeddings: int = 0  # of ``text``: the token embeddings, held twice when the output is tied
+    compute: int = 0  # llama.cpp's compute buffer, the part a chat writes
+
+    @property
+    def weights(self) -> int:
+        """Text weights in memory for ``g4 chat`` on a CPU: read into memory (not mapped), the
+        PLE table read per token used (llama.cpp's lazy mode: not counted), the tied output
+        matrix a copy of the token embeddings (llama.cpp loads it as a tensor of its own)."""
+        return self.text - self.ple + self.embeddings
 
     @property
     def memory(self) -> int:
-        return self.text + self.projector + self.kv_cache
+        """Peak memory of a text chat at ``ctx`` (the projector loads with the first image or audio)."""
+        return self.weights + self.kv_cache + self.compute + RUNTIME
+
+    @property
+    def memory_media(self) -> int:
+        """Peak memory once an image or audio was sent: the projector's weights too."""
+        return self.memory + self.projector
+
+    def memory_parts(self) -> list[tuple[str, int]]:
+        return [("weights", self.weights), ("KV cache", self.kv_cache), ("compute", self.compute), ("runtime", RUNTIME)]
 
     @property
     def store_disk(self) -> int:
@@ -180,6 +198,24 @@ def text_bytes(hp: Layout, quant: str, source_type: str) -> dict[str, int]:
     return {"total": int(total), "ple": int(ple), "embeddings": int(embeddings), "params": int(params)}
 
 
+# Python, llama.cpp's code and its vocabulary tables (bench/memory_bench.py: ~250 MiB of E4B's
+# resident memory is neither weights nor KV cache, of which the compute buffer's part is ~130)
+RUNTIME = 120 * 2**20
+N_UBATCH = 512  # g4's micro-batch for text (g4cli/chat/runtime/model.py)
+
+
+def compute_bytes(hp: Layout, ctx: int, n_ubatch: int = N_UBATCH, flash_attn: bool = False) -> int:
+    """The part of llama.cpp's compute buffer a chat writes. The buffer is sized for n_ubatch
+    outputs (n_ubatch x vocabulary F32 logits: 512 MiB at Gemma 4's 262k), but g4 asks for the
+    last token's logits only, so those pages are never touched; what is: one row of logits, the
+    widest MLP's activations (gate and up), a few hidden-state rows per token, and without flash
+    attention the attention scores and their softmax over a full context (F32, every head)."""
+    ff = max((hp.ff(il) for il in range(hp.n_layer)), default=hp.n_ff)
+    activations = n_ubatch * (2 * max(ff, hp.n_ff_expert * max(hp.n_expert_used, 1)) + 4 * hp.n_embd) * 4
+    scores = 0 if flash_attn else 2 * n_ubatch * (-(-ctx // 256) * 256) * hp.n_head * 4
+    return hp.vocab_size * 4 + activations + scores
+
+
 def text_size(hp: Layout, quant: str, source_type: str) -> tuple[int, int, int]:
     """(GGUF bytes, of which PLE table bytes, parameter count) of the text model at ``quant``."""
     b = text_bytes(hp, quant, source_type)
@@ -243,7 +279,8 @@ def estimate(
     ctx = ctx or min(DEFAULT_CTX, hp.n_ctx_train)
     dtype = source_dtype(config)
     src_type = SOURCE_TYPES[dtype]
-    text, ple, n_text = text_size(hp, quant, src_type)
+    sizes = text_bytes(hp, quant, src_type)
+    text, ple, n_text = sizes["total"], sizes["ple"], sizes["params"]
     intermediate = 0 if quant in FLOAT_TYPES else text_size(hp, src_type, src_type)[0]
     n_projector = max(source_bytes // SOURCE_BYTES[dtype] - n_text, 0)
     has_towers = bool(config.get("vision_config") or config.get("audio_config"))
@@ -260,7 +297,9 @@ def estimate(
         text=text,
         ple=ple,
         projector=(n_projector + position_table) * 2 if has_towers else 0,  # F16; the position table F32
-        kv_cache=kv_cache_bytes(hp, ctx),
+        kv_cache=kv_cache_bytes(hp, ctx, flash_attn=CPU_FLASH_ATTN),
+        embeddings=sizes["embeddings"] if hp.tied else 0,
+        compute=compute_bytes(hp, ctx, flash_attn=CPU_FLASH_ATTN),
     )
 
 

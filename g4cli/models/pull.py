@@ -155,6 +155,7 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
 
 def _check_fit(tag: str, est: Estimate, needs: list[DiskNeed], force: bool) -> None:
     """Print the fit estimate on stderr; refuse a disk that is too small unless ``force``."""
+    from g4cli.models import fit
     from g4cli.models.fit import mem_available
 
     h = human_bytes
@@ -166,9 +167,9 @@ def _check_fit(tag: str, est: Estimate, needs: list[DiskNeed], force: bool) -> N
     parts += [f"model {h(est.text)}"] + ([f"projector {h(est.projector)}"] if est.projector else [])
     free = ", ".join(f"{h(n.free)} free on {n.path}" for n in needs)
     info(f"  disk     {h(sum(n.need for n in needs)):>9}  ({' + '.join(parts)}); {free}")
-    mem = [f"weights {h(est.text)}" + (f" incl. PLE {h(est.ple)}" if est.ple else "")]
-    mem += [f"projector {h(est.projector)}"] if est.projector else []
-    mem += [f"KV cache {h(est.kv_cache)} at {est.ctx} context"]
+    mem = [f"weights {h(est.weights)}" + (f" + PLE table {h(est.ple)} read as used" if est.ple else "")]
+    mem += [f"KV cache {h(est.kv_cache)} at {est.ctx} context", f"compute {h(est.compute + fit.RUNTIME)}"]
+    mem += [f"+ projector {h(est.projector)} once an image or audio is sent"] if est.projector else []
     available = mem_available()
     info(f"  memory   {h(est.memory):>9}  ({', '.join(mem)})" + (f"; {h(available)} available" if available else ""))
     if available is not None and est.memory > available:
@@ -244,6 +245,7 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
     """The manifest: what the model is, what it can do, and each file with its size and sha256."""
     from gguf import GGUFReader
 
+    from g4cli.models import fit
     from quantize.checkpoint import open_checkpoint
     from quantize.gemma4 import text_params
 
@@ -284,13 +286,14 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
             "vocab": hp.vocab_size,
         },
         "quant_mix": dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"])),
-        "memory": {  # what loading needs at the default context: the files as written plus the KV cache
+        "memory": {  # a text chat at the default context (fit.Estimate.memory), from the files as written
             "ctx": est.ctx,
-            "weights": sizes["model"],
+            "weights": sizes["model"] - est.ple + est.embeddings,
             "ple": est.ple,
-            "projector": sizes.get("mmproj", 0),
+            "projector": sizes.get("mmproj", 0),  # loaded with the first image or audio
             "kv_cache": est.kv_cache,
-            "total": sizes["model"] + sizes.get("mmproj", 0) + est.kv_cache,
+            "compute": est.compute + fit.RUNTIME,
+            "total": sizes["model"] - est.ple + est.embeddings + est.kv_cache + est.compute + fit.RUNTIME,
         },
     }
 

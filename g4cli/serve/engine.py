@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from g4cli.chat.select import Choice
 
 
+HANDOFF_S = 0.005  # at most this long a step waits for the tokens of the last one to be sent
+
+
 class Busy(G4Error):
     """Every sequence is busy and the queue is full (HTTP 503 with Retry-After)."""
 
@@ -55,6 +58,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    idle: threading.Event = field(default_factory=threading.Event)  # its consumer has sent all it got
     stats: Stats = field(default_factory=Stats)
     queued_at: float = field(default_factory=time.perf_counter)
     # worker-side state
@@ -145,21 +149,9 @@ class Worker(threading.Thread):
             self.model.close()
 
     def _load(self) -> Model:
-        from g4cli.chat.runtime.model import Model
+        from g4cli.chat.load import open_model
 
-        o = self.load
-        ctx = o.ctx or 0
-        return Model(
-            self.choice.gguf,
-            self.choice.mmproj,
-            n_ctx=ctx * self.parallel if ctx else None,
-            n_threads=o.threads,
-            n_gpu_layers=o.gpu_layers,
-            n_seq=self.parallel,
-            flash_attn=o.flash_attn,
-            kv_type=o.kv_type,
-            image_tokens=o.image_tokens,
-        )
+        return open_model(self.choice, self.load, n_seq=self.parallel)
 
     @property
     def ctx_per_seq(self) -> int:
@@ -214,6 +206,8 @@ class Worker(threading.Thread):
         """Sample the job's next token from output ``row``; finish it when the answer is over."""
         assert job.decoder is not None
         events, tok = job.decoder.step(row)
+        if events:
+            job.idle.clear()
         for ev in events:
             job.emit(ev)
         if tok is None:
@@ -238,6 +232,12 @@ class Worker(threading.Thread):
             self._finish(job, "cancelled")
         if not self.active:
             return
+        # Let the event loop send the tokens sampled so far before the next decode: on a CPU whose
+        # cores all run ggml's spinning threads, HTTP work done meanwhile preempts one of them and
+        # stalls the whole graph at its next barrier (and delays the first token on the wire)
+        deadline = time.perf_counter() + HANDOFF_S
+        for job in self.active:
+            job.idle.wait(max(0.0, deadline - time.perf_counter()))
         running = list(self.active)
         try:
             step.decode(self.model, [(job.seq, job.pending) for job in running])

@@ -41,10 +41,14 @@ def served_name(choice: Choice) -> str:
 
 
 def memory_need(choice: Choice) -> int:
-    """What loading takes: the files (mapped and touched) plus the KV cache the manifest estimates."""
-    need = Path(choice.gguf).stat().st_size + (Path(choice.mmproj).stat().st_size if choice.mmproj else 0)
+    """What a loaded model may take: the pull's estimate (text weights, KV cache, compute) plus the
+    projector, which the first image or audio loads; for a bare GGUF, its files."""
+    projector = Path(choice.mmproj).stat().st_size if choice.mmproj else 0
     manifest = getattr(choice.entry, "manifest", None) or {}
-    return need + int(manifest.get("memory", {}).get("kv_cache", 0))
+    memory = manifest.get("memory", {})
+    if "compute" in memory:  # manifests from before the lazy PLE table count the files instead
+        return int(memory["total"]) + projector
+    return Path(choice.gguf).stat().st_size + projector + int(memory.get("kv_cache", 0))
 
 
 class Pool:

@@ -89,6 +89,8 @@ async def answer(worker: Worker, request: GenRequest, *, stop: list[str] | None 
 
     try:
         while True:
+            if job.queue.empty():
+                job.idle.set()  # all sent: the worker may decode on (see engine.HANDOFF_S)
             ev = await job.queue.get()
             if isinstance(ev, Exception):
                 raise ev

@@ -29,11 +29,14 @@ from g4cli.chat.runtime.llama_log import LOG
 from g4cli.chat.runtime.prompt import Prompt, tokenize_media_prompt
 from g4cli.chat.settings import IMAGE_TOKENS, Sampling
 from g4cli.errors import CapabilityError, RuntimeFailure
-from g4cli.models.catalog import DEFAULT_CTX  # shared with the fit estimate of g4 pull
+from g4cli.models.catalog import CPU_FLASH_ATTN, DEFAULT_CTX  # shared with the fit estimate of g4 pull
 
 MARKER = "<__media__>"  # mtmd's media marker
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
-CPU_FLASH_ATTN = False  # flash attention on CPU-only loads with --flash-attn auto (see bench/knobs_bench.py)
+# CPU-only loads read the weights into memory rather than map them: llama.cpp repacks most of
+# them for its CPU kernels, and through a mapping the file pages it read stay resident beside
+# the repacked copy (E4B Q4_K_M: +1.8 GB). See bench/memory_bench.py.
+CPU_LOAD_MODE = llama_cpp.LLAMA_LOAD_MODE_NONE
 _CONTROL_TEXT = {"<|channel>": "open", "<channel|>": "close"}
 _BACKEND = {"ready": False}
 # The per-image token budget without --image-tokens: the most gemma4v takes (mtmd's image_max_tokens).
@@ -61,6 +64,20 @@ def projector_capabilities(mmproj: Path | None) -> set[str]:
     LOG.install()
     caps = mtmd.mtmd_get_cap_from_file(os.fsencode(mmproj))
     return {name for name, ok in (("vision", caps.inp_vision), ("audio", caps.inp_audio)) if ok}
+
+
+def non_causal_images(mmproj: Path, n_embd_text: int) -> bool:
+    """Whether mtmd decodes this projector's images non-causally, every image token attending to
+    every other (then llama.cpp needs a whole image in one ubatch): mtmd's own rule
+    (``mtmd_decode_use_non_causal``) read from the header, so that the projector need not be
+    loaded to size the context. gemma4v: all but E2B/E4B (text width 1536/2560); gemma4uv (the
+    12B): always. Checked against mtmd when the projector loads."""
+    from g4cli.models.ggufmeta import read_values
+
+    kind = read_values(mmproj, {"clip.vision.projector_type"}).get("clip.vision.projector_type")
+    if kind == "gemma4v":
+        return n_embd_text not in (1536, 2560)
+    return kind in ("gemma4uv", "gemma3")
 
 
 def suppress_tokens(vocab: object) -> list[int]:
@@ -133,14 +150,25 @@ class Model(Handle):
             raise RuntimeFailure(f"{self.path}: no such model file")
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = n_gpu_layers
+        # E2B/E4B's per-layer-embedding table (~2 GB of E4B Q4_K_M): rows read for the tokens
+        # used, not up front (llama.cpp's AUTO does that only above 4 GiB)
+        mp.lazy_mode = llama_cpp.LLAMA_LAZY_MODE_ON
+        if n_gpu_layers == 0:
+            mp.load_mode = CPU_LOAD_MODE
         self.model = llama_cpp.llama_model_load_from_file(os.fsencode(self.path), mp)
         if not self.model:
             detail = self._log.last_error() or "not a GGUF llama.cpp can load"
             raise RuntimeFailure(f"{self.path}: cannot load the model ({detail})")
-        self.capabilities: set[str] = set()
-        self.non_causal_images = False
-        if self.mmproj is not None:  # before the context: its images may need a larger ubatch
-            self._init_mtmd(threads, n_gpu_layers > 0)
+        # The projector is loaded on first use (most chats are text: E4B's takes ~1 GB); what it
+        # can take, and whether it reads images whole (the ubatch size), come from its header.
+        self._mtmd_args = (threads, n_gpu_layers > 0)
+        self.capabilities: set[str] = projector_capabilities(self.mmproj)
+        if self.mmproj is not None and not self.capabilities:
+            detail = self._log.last_error() or "no vision or audio encoder in it"
+            raise RuntimeFailure(f"{self.mmproj}: cannot load the projector ({detail})")
+        self.non_causal_images = "vision" in self.capabilities and non_causal_images(
+            self.mmproj, llama_cpp.llama_model_n_embd(self.model)
+        )
         self.n_ubatch = self._ubatch(n_batch)
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx, cp.n_seq_max = n_ctx, n_seq
@@ -194,12 +222,24 @@ class Model(Handle):
         self.decode(seq, [llama_cpp.llama_vocab_bos(self.vocab)], logits_last=True)
         seq.clear()
 
+    @property
+    def projector(self) -> object:
+        """The mtmd context, loaded now if it was not yet (None: the model has no projector)."""
+        if self._mtmd is None and self.mmproj is not None:
+            self._init_mtmd(*self._mtmd_args)
+        return self._mtmd
+
+    def close_projector(self) -> None:
+        """Free the projector (it loads again with the next image or audio)."""
+        if self._mtmd is not None:
+            mtmd.mtmd_free(self._mtmd)
+            self._mtmd = None
+
     def _init_mtmd(self, threads: int, gpu: bool) -> None:
         """The projector, with ``self.image_tokens`` as its per-image budget. gemma4v (clip.cpp)
         rounds an image to 48-px multiples, shrinks it (aspect kept, rounded down) when it
         exceeds image_max_tokens, and enlarges it (rounded up) when it is under
         image_min_tokens; the minimum stays llama.cpp's 70, so small images are not blown up."""
-        self._mtmd_args = (threads, gpu)
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = gpu
         params.n_threads = threads
@@ -210,13 +250,12 @@ class Model(Handle):
         if not self._mtmd:
             detail = self._log.last_error() or "not a projector for this model?"
             raise RuntimeFailure(f"{self.mmproj}: cannot load the projector ({detail})")
-        if mtmd.mtmd_support_vision(self._mtmd):
-            self.capabilities.add("vision")
-        if mtmd.mtmd_support_audio(self._mtmd):
-            self.capabilities.add("audio")
-        # mtmd's own rule (mtmd_decode_use_non_causal): 26B/31B-style gemma4v images attend both
-        # ways, E2B/E4B ones (text width 1536/2560) causally
-        self.non_causal_images = "vision" in self.capabilities and mtmd.mtmd_decode_use_non_causal(self._mtmd, None)
+        loaded = {"vision"} if mtmd.mtmd_support_vision(self._mtmd) else set()
+        loaded |= {"audio"} if mtmd.mtmd_support_audio(self._mtmd) else set()
+        non_causal = "vision" in loaded and bool(mtmd.mtmd_decode_use_non_causal(self._mtmd, None))
+        if loaded != self.capabilities or non_causal != self.non_causal_images:  # the header said otherwise
+            self.close_projector()
+            raise RuntimeFailure(f"{self.mmproj}: the projector is not what its header says")
 
     def _ubatch(self, n_batch: int) -> int:
         """llama.cpp's micro-batch: ``n_batch``, or room for the largest image when images are
@@ -230,17 +269,16 @@ class Model(Handle):
     def set_image_tokens(self, n: int) -> None:
         """A new per-image budget (``/set image_tokens``): a new projector context, and no image
         cached under the old budget is reused (the KV cache is cleared; token counts are kept per budget)."""
-        if self._mtmd is None or n == self.image_tokens:
-            self.image_tokens = n
-            return
         if self.non_causal_images and n > self.n_ubatch:
             raise RuntimeFailure(
                 f"{self.name} reads each image whole and was loaded for images of up to {self.n_ubatch} "
                 f"tokens; restart with --image-tokens {n}"
             )
+        if self._mtmd is None or n == self.image_tokens:  # not loaded yet: loaded with the new budget
+            self.image_tokens = n
+            return
         old, self.image_tokens = self.image_tokens, n
-        mtmd.mtmd_free(self._mtmd)
-        self._mtmd = None
+        self.close_projector()
         try:
             self._init_mtmd(*self._mtmd_args)
         except RuntimeFailure:
@@ -343,9 +381,9 @@ class Model(Handle):
         for its callers (``g4 chat`` also checks the projector's header before loading, and a
         ``Session`` when something is attached, so that the user hears it at once)."""
         self.check_media(media)
-        if self._mtmd is None:
+        if self._mtmd is None and not media:  # text only: the projector is not needed (yet)
             return Prompt(self.tokenize(prompt))
-        return tokenize_media_prompt(self._mtmd, prompt, media)
+        return tokenize_media_prompt(self.projector, prompt, media)
 
     def media_tokens(self, media: Media) -> list[int]:
         """How many tokens each piece of an attachment becomes (mtmd's own sizing)."""
@@ -365,7 +403,7 @@ class Model(Handle):
         """Positions the prompt for ``turns`` takes: its text tokens plus each attachment's."""
         media = [m for t in turns for m in t.media]
         text = self.render(turns, think)
-        if self._mtmd is None:
+        if not media:
             return len(self.tokenize(text))
         return len(self.tokenize(text.replace(MARKER, ""))) + sum(self.media_positions(m) for m in media)
 
