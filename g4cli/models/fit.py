@@ -216,12 +216,6 @@ def compute_bytes(hp: Layout, ctx: int, n_ubatch: int = N_UBATCH, flash_attn: bo
     return hp.vocab_size * 4 + activations + scores
 
 
-def text_size(hp: Layout, quant: str, source_type: str) -> tuple[int, int, int]:
-    """(GGUF bytes, of which PLE table bytes, parameter count) of the text model at ``quant``."""
-    b = text_bytes(hp, quant, source_type)
-    return b["total"], b["ple"], b["params"]
-
-
 # ggml types a KV cache can have: (values per block, bytes per block)
 KV_BLOCKS = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
 
@@ -281,7 +275,7 @@ def estimate(
     src_type = SOURCE_TYPES[dtype]
     sizes = text_bytes(hp, quant, src_type)
     text, ple, n_text = sizes["total"], sizes["ple"], sizes["params"]
-    intermediate = 0 if quant in FLOAT_TYPES else text_size(hp, src_type, src_type)[0]
+    intermediate = 0 if quant in FLOAT_TYPES else text_bytes(hp, src_type, src_type)["total"]
     n_projector = max(source_bytes // SOURCE_BYTES[dtype] - n_text, 0)
     has_towers = bool(config.get("vision_config") or config.get("audio_config"))
     vision = config.get("vision_config") or {}

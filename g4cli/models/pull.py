@@ -17,6 +17,7 @@ so that tests can kill it there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -258,6 +259,7 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
         row["bytes"] += int(t.n_bytes)
     n_swa = sum(hp.is_swa)
     sizes = {role: p.stat().st_size for role, p in files.items()}
+    written = dataclasses.replace(est, text=sizes["model"])  # the estimate with the real text file
     return {
         "format": store.MANIFEST_FORMAT,
         "name": name,
@@ -288,12 +290,12 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
         "quant_mix": dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"])),
         "memory": {  # a text chat at the default context (fit.Estimate.memory), from the files as written
             "ctx": est.ctx,
-            "weights": sizes["model"] - est.ple + est.embeddings,
+            "weights": written.weights,
             "ple": est.ple,
             "projector": sizes.get("mmproj", 0),  # loaded with the first image or audio
             "kv_cache": est.kv_cache,
             "compute": est.compute + fit.RUNTIME,
-            "total": sizes["model"] - est.ple + est.embeddings + est.kv_cache + est.compute + fit.RUNTIME,
+            "total": written.memory,
         },
     }
 
