@@ -7,10 +7,11 @@ never opened.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from g4cli.errors import CheckpointError
 from quantize.safetensors_io import TensorRef, read_header
@@ -23,14 +24,16 @@ def read_json(path: Path, what: str | None = None) -> Any:
     """Parse a JSON file, turning every failure into one CheckpointError line."""
     label = what or path.name
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{label} not found in {path.parent}") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise CheckpointError(f"{label}: cannot read ({e})") from e
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
+        # orjson: Gemma 4's 33 MB tokenizer.json in about half json's time (its million small
+        # strings dominate a conversion's fixed cost); it also refuses NaN/Infinity and invalid UTF-8.
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
         raise CheckpointError(f"{label}: not valid JSON (line {e.lineno}: {e.msg})") from e
 
 
