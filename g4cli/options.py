@@ -44,3 +44,12 @@ ImageTokensOpt = Annotated[
         help="Most tokens per image, 70-1120 (default 1120: full detail, to read text; small images stay small).",
     ),
 ]
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc",
+        metavar="HOST:PORT[,HOST:PORT]",
+        help="Put layers on these g4 rpc-server machines too (G4_RPC_TIMEOUT: seconds one may be silent, default 120).",
+        show_default=False,
+    ),
+]

@@ -12,6 +12,10 @@ from g4cli.chat.settings import LoadOptions
 
 def open_model(choice: Choice, options: LoadOptions, *, n_seq: int = 1) -> Model:
     """The chosen model loaded with ``options`` (``n_seq`` sequences, each of ``options.ctx``)."""
+    if options.rpc:  # their devices must be registered before llama.cpp picks devices at load
+        from g4cli.chat.runtime import rpc
+
+        rpc.connect(rpc.parse_endpoints(options.rpc))
     return Model(
         choice.gguf,
         choice.mmproj,

@@ -117,6 +117,7 @@ class LoadOptions:
     flash_attn: str = "auto"  # auto: the measured best on CPU, llama.cpp's own choice on a GPU
     kv_type: str = "f16"  # KV cache type; a quantized V cache needs flash attention
     image_tokens: int | None = None  # per-image token budget (None: the default, see the runtime)
+    rpc: str | None = None  # --rpc host:port[,host:port]: llama.cpp RPC servers whose devices take layers
 
     def validate(self) -> LoadOptions:
         _check(self)
@@ -134,6 +135,10 @@ class LoadOptions:
         lo, hi = IMAGE_TOKENS
         if self.image_tokens is not None and not lo <= self.image_tokens <= hi:
             raise UsageError(f"--image-tokens must be in {lo}..{hi}")
+        if self.rpc is not None:
+            from g4cli.chat.runtime.rpc import parse_endpoints
+
+            parse_endpoints(self.rpc)
         return self
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt
+from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt, RpcOpt
 
 
 def chat(  # long: one parameter per option, as Typer declares them; the body only builds ChatOptions
@@ -52,6 +52,7 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     flash_attn: FlashAttnOpt = "auto",
     kv_type: KvTypeOpt = "f16",
     image_tokens: ImageTokensOpt = None,
+    rpc: RpcOpt = None,
     mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
     schema: Annotated[
         str | None,
@@ -121,6 +122,7 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
             flash_attn=flash_attn,
             kv_type=kv_type,
             image_tokens=image_tokens,
+            rpc=rpc,
         ),
         mic=MicOptions(input_device=input_device, silence=silence, max_seconds=max_seconds, save_audio=save_audio),
         image=image or [],

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt
+from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt, RpcOpt
 
 DEFAULT_PORT = 11435
 
@@ -45,6 +45,7 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
     flash_attn: FlashAttnOpt = "auto",
     kv_type: KvTypeOpt = "f16",
     image_tokens: ImageTokensOpt = None,
+    rpc: RpcOpt = None,
     max_body: Annotated[int, typer.Option("--max-body", metavar="MB", help="Largest request body in MB.")] = 64,
     max_memory: Annotated[
         float | None,
@@ -112,6 +113,7 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
         flash_attn=flash_attn,
         kv_type=kv_type,
         image_tokens=image_tokens,
+        rpc=rpc,
     ).validate()
     run.serve(
         models or [],
