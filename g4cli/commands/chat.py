@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt, RpcOpt
+from g4cli.options import (
+    ChatThreadsOpt,
+    FlashAttnOpt,
+    GpuLayersOpt,
+    ImageTokensOpt,
+    KvTypeOpt,
+    MainGpuOpt,
+    RpcOpt,
+    SplitModeOpt,
+    TensorSplitOpt,
+)
 
 
 def chat(  # long: one parameter per option, as Typer declares them; the body only builds ChatOptions
@@ -47,7 +57,10 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible sampling.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", help="Stop after this many tokens.")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context size in tokens (default 8192).")] = None,
-    gpu_layers: GpuLayersOpt = 0,
+    gpu_layers: GpuLayersOpt = "auto",
+    split_mode: SplitModeOpt = "layer",
+    tensor_split: TensorSplitOpt = None,
+    main_gpu: MainGpuOpt = 0,
     threads: ChatThreadsOpt = None,
     flash_attn: FlashAttnOpt = "auto",
     kv_type: KvTypeOpt = "f16",
@@ -105,7 +118,15 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
 
     from g4cli.chat import oneshot
     from g4cli.chat.select import choose, split_args
-    from g4cli.chat.settings import ChatOptions, LoadOptions, MicOptions, Sampling, response_format
+    from g4cli.chat.settings import (
+        ChatOptions,
+        LoadOptions,
+        MicOptions,
+        Sampling,
+        gpu_layers_value,
+        response_format,
+        tensor_split_value,
+    )
     from g4cli.errors import UsageError
 
     given = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p}
@@ -117,7 +138,10 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
         load=LoadOptions(
             ctx=ctx,
             threads=threads,
-            gpu_layers=gpu_layers,
+            gpu_layers=gpu_layers_value(gpu_layers),
+            split_mode=split_mode,
+            tensor_split=tensor_split_value(tensor_split),
+            main_gpu=main_gpu,
             mmproj=mmproj,
             flash_attn=flash_attn,
             kv_type=kv_type,
