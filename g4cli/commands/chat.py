@@ -113,6 +113,8 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
       g4 chat e4b --mic                         # speak, get the answer on stdout
       g4 chat e4b --schema person.json "Who wrote Faust?"   # JSON valid against the schema
       g4 chat e4b --local "hi"                  # never through a running g4 serve
+      g4 chat 31b --rpc 127.0.0.1:50052 "hi"    # layers on a g4 rpc-server too (ssh -L to reach it)
+      g4 chat 31b --tensor-split 3,1 -v "hi"    # two GPUs, 3:1; -v prints the split
     """
     import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/chat/runtime/model.py)
 

@@ -85,6 +85,7 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
     \b
       g4 serve e4b                               # http://127.0.0.1:11435
       g4 serve e4b 31b --parallel 4 --api-key secret
+      g4 serve 31b --rpc 127.0.0.1:50052,127.0.0.1:50053   # layers on two g4 rpc-servers
       curl http://127.0.0.1:11435/v1/chat/completions \\
            -d '{"model": "e4b", "messages": [{"role": "user", "content": "Hi"}]}'
       OLLAMA_HOST=127.0.0.1:11435 ollama run e4b  # Ollama's own CLI and apps
