@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import ipaddress
 import os
 import socket
@@ -192,6 +193,15 @@ def _who_went_away() -> str:
     return f"an RPC server ({servers}) stopped answering for {recv_timeout():.0f} s (G4_RPC_TIMEOUT)"
 
 
+@functools.cache
+def _address(host: str) -> str:
+    """The IPv4 address ggml-rpc connects to (it resolves with gethostbyname)."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
+
+
 def _fd_dir() -> str | None:
     return next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
 
@@ -203,7 +213,7 @@ def _watch_sockets(timeout: float) -> None:
     if fd_dir is None:
         return
     while True:
-        peers = {(socket.gethostbyname(ep.host), ep.port) for ep in list(_REGISTERED)} if _REGISTERED else set()
+        peers = {(_address(ep.host), ep.port) for ep in list(_REGISTERED)}
         try:
             fds = [int(n) for n in os.listdir(fd_dir)]
         except OSError:
