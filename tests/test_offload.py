@@ -134,6 +134,15 @@ def test_no_device_means_nothing_changes(gguf: Callable) -> None:
     assert plan_offload(choice, LoadOptions()) is None  # this machine: CPU only, no RPC registered here
 
 
+def test_show_says_cpu_only_here(gguf: Callable) -> None:
+    from types import SimpleNamespace
+
+    from g4cli.commands.show import offload_line
+
+    entry = SimpleNamespace(tag="e2b:q8_0", gguf=gguf("e2b", "Q8_0"), mmproj=None)
+    assert offload_line(entry) == "CPU only (no GPU or RPC device in this llama.cpp build)"
+
+
 def _probe(model: Path, endpoints: str, free_mb: list[int]) -> dict:
     r = subprocess.run(
         [sys.executable, "-m", "tests.offload_probe", str(model), endpoints, ",".join(map(str, free_mb))],

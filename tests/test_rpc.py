@@ -58,6 +58,44 @@ def test_layers_really_go_to_the_servers(gguf: Callable, run_g4: Callable, serve
     assert "using device RPC0" in r.err and "using device RPC1" in r.err
 
 
+def test_verbose_prints_the_split(gguf: Callable, run_g4: Callable, servers) -> None:
+    """--gpu-layers auto (the default) puts every layer on the two servers, by their free memory."""
+    rpc = ",".join(s.endpoint for s in servers)
+    r = run_g4("chat", gguf("e2b", "Q8_0"), "--rpc", rpc, "-n", "4", "-v", "hi")
+    assert r.returncode == 0, r.err
+    assert "11/11 layers on RPC0 (6) + RPC1 (5), KV on GPU, " in r.err
+
+
+def test_serve_with_rpc_answers_and_holds_its_file_descriptors(gguf: Callable, servers, tmp_path: Path) -> None:
+    """g4 serve --rpc: the socket watcher must not leak (it looks at every fd twice a second)."""
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [*g4_executable(), "serve", str(gguf("e2b", "Q8_0")), "--port", str(port),
+         "--rpc", ",".join(s.endpoint for s in servers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                models = json.load(urllib.request.urlopen(f"{base}/v1/models", timeout=2))
+                break
+            except OSError:
+                time.sleep(0.1)
+        body = {"model": models["data"][0]["id"], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        req = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(), method="POST")
+        answer = json.load(urllib.request.urlopen(req, timeout=60))
+        assert answer["usage"]["completion_tokens"] > 0
+        fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        time.sleep(3)  # six rounds of the watcher
+        assert len(os.listdir(f"/proc/{proc.pid}/fd")) == fds
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
 def _chat_until_output(model: Path, rpc: str, env: dict | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(
         [

@@ -23,11 +23,6 @@ class Device:
     def rpc(self) -> bool:
         return self.backend == "RPC"
 
-    @property
-    def offload(self) -> bool:
-        """A device llama.cpp can put layers on (llama_prepare_model_devices: GPUs, iGPUs, RPC)."""
-        return self.kind in ("GPU", "iGPU")
-
 
 def list_devices() -> list[Device]:
     """Every device of every registered backend, in ggml's order (CPU last is not guaranteed)."""

@@ -24,6 +24,7 @@ import functools
 import ipaddress
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -220,16 +221,19 @@ def _watch_sockets(timeout: float) -> None:
             fds = []
         for fd in fds:
             with contextlib.suppress(OSError, ValueError):
-                ident = os.fstat(fd).st_ino
-                if ident in seen or not peers:
+                st = os.fstat(fd)
+                if not stat.S_ISSOCK(st.st_mode) or st.st_ino in seen or not peers:
                     continue
-                s = socket.socket(fileno=os.dup(fd))
+                dup = os.dup(fd)
                 try:
+                    s = socket.socket(fileno=dup)
+                except OSError:
+                    os.close(dup)
+                    raise
+                with s:  # closes the duplicate only: options belong to the socket, which stays open
                     if s.type == socket.SOCK_STREAM and s.getpeername()[:2] in peers:
                         _set_timeouts(s, timeout)
-                        seen.add(ident)
-                finally:
-                    s.close()  # the duplicate only: options belong to the socket, which stays open
+                        seen.add(st.st_ino)
         time.sleep(WATCH_EVERY)
 
 
