@@ -14,6 +14,7 @@ from g4cli.commands import doctor as doctor_cmd
 from g4cli.commands import list as list_cmd
 from g4cli.commands import pull as pull_cmd
 from g4cli.commands import rm as rm_cmd
+from g4cli.commands import rpc_server as rpc_server_cmd
 from g4cli.commands import serve as serve_cmd
 from g4cli.commands import show as show_cmd
 from g4cli.errors import G4Error
@@ -51,6 +52,7 @@ app.command("convert", no_args_is_help=True)(convert_cmd.convert)
 app.command("serve")(serve_cmd.serve)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("devices")(devices_cmd.devices)
+app.command("rpc-server")(rpc_server_cmd.rpc_server)
 
 
 @app.callback()

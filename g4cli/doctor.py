@@ -38,8 +38,23 @@ def _llama_build() -> str:
 
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
     features = [part.split("=")[0].split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("= 1")]
-    gpu = "GPU offload available" if llama_cpp.llama_supports_gpu_offload() else "CPU only (no GPU backend)"
+    from g4cli.chat.runtime.devices import backends
+
+    gpu = [b for b in backends() if b not in ("CPU", "RPC", "BLAS")]
+    gpu = f"GPU backends: {', '.join(gpu)}" if gpu else "CPU only (no GPU backend)"
+    gpu += "; RPC (g4 rpc-server, --rpc)" if llama_cpp.llama_supports_rpc() else ""
     return f"llama-cpp-python {llama_cpp.__version__}; {gpu}; CPU features: {', '.join(features) or 'none'}"
+
+
+def gpu_check() -> Check:
+    """Backends, devices and the machine's GPUs; not ok when a GPU is there that the build cannot use."""
+    from g4cli.gpu_report import report
+
+    try:
+        line, advice = report()
+    except Exception as e:  # a doctor reports failures, it does not stop at them
+        return Check("GPU", False, f"{type(e).__name__}: {e}")
+    return Check("GPU", not advice, "; ".join([line, *advice]))
 
 
 def _audio_devices() -> str:
@@ -76,6 +91,7 @@ def run(keep: Path | None = None) -> list[Check]:
     """All checks, in order; the pipeline stops at its first failure, the reports do not."""
     checks = [Check("platform", True, f"{platform.platform()}, Python {platform.python_version()}")]
     checks.append(_timed("llama.cpp", _llama_build))
+    checks.append(gpu_check())
     work = Path(tempfile.mkdtemp(prefix="g4-doctor-"))
     try:
         checks += _pipeline(work)

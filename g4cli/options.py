@@ -28,7 +28,27 @@ ModelArg = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
 
 # Loading a model for chat (g4 chat, g4 serve): one definition, the same help in both.
-GpuLayersOpt = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to a GPU (needs a GPU build).")]
+GpuLayersOpt = Annotated[
+    str,
+    typer.Option(
+        "--gpu-layers",
+        metavar="auto|N",
+        help="Layers on GPUs/RPC servers: auto (as many as their free memory holds) or a number (needs a GPU build).",
+    ),
+]
+SplitModeOpt = Annotated[
+    str, typer.Option("--split-mode", help="Several GPUs: layer (whole layers each), row (CUDA: rows of each), none.")
+]
+TensorSplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tensor-split",
+        metavar="3,1",
+        help="Share of the layers per GPU (default: by free memory).",
+        show_default=False,
+    ),
+]
+MainGpuOpt = Annotated[int, typer.Option("--main-gpu", help="The GPU for --split-mode none (and row's small tensors).")]
 ChatThreadsOpt = Annotated[
     int | None, typer.Option("--threads", "-t", help="CPU threads (default: the physical cores, as llama.cpp).")
 ]
@@ -42,5 +62,14 @@ ImageTokensOpt = Annotated[
         "--image-tokens",
         metavar="N",
         help="Most tokens per image, 70-1120 (default 1120: full detail, to read text; small images stay small).",
+    ),
+]
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc",
+        metavar="HOST:PORT[,HOST:PORT]",
+        help="Put layers on these g4 rpc-server machines too (G4_RPC_TIMEOUT: seconds one may be silent, default 120).",
+        show_default=False,
     ),
 ]

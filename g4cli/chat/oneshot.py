@@ -67,7 +67,7 @@ def _in_process(name: str | None, text: str, attachments: list[Media], opts: Cha
 
     choice = choose(name, opts.load.mmproj)
     needs = {"vision" if m.kind == "image" else "audio" for m in attachments} | opts.needs
-    with loaded(choice, opts.load, needs=needs) as model:
+    with loaded(choice, opts.load, needs=needs, verbose=opts.verbose) as model:
         session = Session(model, system=opts.system, sampling=opts.sampling)
         for m in attachments:
             session.attach_media(m)

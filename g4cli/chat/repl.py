@@ -321,7 +321,7 @@ def run(choice: Choice, opts: ChatOptions) -> None:
     from g4cli.chat.session import Session
 
     reader = LineReader(opts.history)
-    with loaded(choice, opts.load, needs=opts.needs) as model:
+    with loaded(choice, opts.load, needs=opts.needs, verbose=opts.verbose) as model:
         session = Session(model, system=opts.system, sampling=opts.sampling)
         for path in opts.image:
             session.attach(path, "image")

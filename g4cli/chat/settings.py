@@ -33,6 +33,25 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 IMAGE_TOKENS = (70, 1120)  # the per-image budget llama.cpp's gemma4 projectors accept
 
 
+def gpu_layers_value(text: str) -> int | None:
+    """``--gpu-layers auto|N`` -> None (auto) or N."""
+    if text.strip().lower() == "auto":
+        return None
+    if not text.strip().isdigit():
+        raise UsageError(f"--gpu-layers {text}: expected auto or a number of layers")
+    return int(text)
+
+
+def tensor_split_value(text: str | None) -> tuple[float, ...]:
+    """``--tensor-split 3,1`` -> (3.0, 1.0)."""
+    if not text:
+        return ()
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"--tensor-split {text}: expected numbers like 3,1") from None
+
+
 def image_tokens_setting(text: str) -> int:
     """``/set image_tokens N``: parsed and checked against the limits of ``--image-tokens``."""
     lo, hi = IMAGE_TOKENS
@@ -112,11 +131,15 @@ class LoadOptions:
 
     ctx: int | None = None  # None: the default context, never beyond the model's own
     threads: int | None = None  # None: the physical performance cores
-    gpu_layers: int = 0
+    gpu_layers: int | None = None  # None: auto (g4cli/chat/runtime/offload.py); 0 on a CPU-only machine
     mmproj: Path | None = None  # a projector for a model given as a GGUF path
     flash_attn: str = "auto"  # auto: the measured best on CPU, llama.cpp's own choice on a GPU
     kv_type: str = "f16"  # KV cache type; a quantized V cache needs flash attention
     image_tokens: int | None = None  # per-image token budget (None: the default, see the runtime)
+    rpc: str | None = None  # --rpc host:port[,host:port]: llama.cpp RPC servers whose devices take layers
+    split_mode: str = "layer"  # several GPUs: llama.cpp's layer, row or none
+    tensor_split: tuple[float, ...] = ()  # share of the layers per device (empty: by free memory)
+    main_gpu: int = 0
 
     def validate(self) -> LoadOptions:
         _check(self)
@@ -134,6 +157,18 @@ class LoadOptions:
         lo, hi = IMAGE_TOKENS
         if self.image_tokens is not None and not lo <= self.image_tokens <= hi:
             raise UsageError(f"--image-tokens must be in {lo}..{hi}")
+        if self.split_mode not in ("layer", "row", "none"):
+            raise UsageError(f"--split-mode {self.split_mode}: choose one of layer, row, none")
+        if (
+            self.main_gpu < 0
+            or any(x < 0 for x in self.tensor_split)
+            or (self.tensor_split and not sum(self.tensor_split))
+        ):
+            raise UsageError("--main-gpu and --tensor-split take numbers >= 0 (--tensor-split not all 0)")
+        if self.rpc is not None:
+            from g4cli.chat.runtime.rpc import parse_endpoints
+
+            parse_endpoints(self.rpc)
         return self
 
 

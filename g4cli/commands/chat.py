@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt
+from g4cli.options import (
+    ChatThreadsOpt,
+    FlashAttnOpt,
+    GpuLayersOpt,
+    ImageTokensOpt,
+    KvTypeOpt,
+    MainGpuOpt,
+    RpcOpt,
+    SplitModeOpt,
+    TensorSplitOpt,
+)
 
 
 def chat(  # long: one parameter per option, as Typer declares them; the body only builds ChatOptions
@@ -47,11 +57,15 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible sampling.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", help="Stop after this many tokens.")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context size in tokens (default 8192).")] = None,
-    gpu_layers: GpuLayersOpt = 0,
+    gpu_layers: GpuLayersOpt = "auto",
+    split_mode: SplitModeOpt = "layer",
+    tensor_split: TensorSplitOpt = None,
+    main_gpu: MainGpuOpt = 0,
     threads: ChatThreadsOpt = None,
     flash_attn: FlashAttnOpt = "auto",
     kv_type: KvTypeOpt = "f16",
     image_tokens: ImageTokensOpt = None,
+    rpc: RpcOpt = None,
     mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
     schema: Annotated[
         str | None,
@@ -99,12 +113,22 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
       g4 chat e4b --mic                         # speak, get the answer on stdout
       g4 chat e4b --schema person.json "Who wrote Faust?"   # JSON valid against the schema
       g4 chat e4b --local "hi"                  # never through a running g4 serve
+      g4 chat 31b --rpc 127.0.0.1:50052 "hi"    # layers on a g4 rpc-server too (ssh -L to reach it)
+      g4 chat 31b --tensor-split 3,1 -v "hi"    # two GPUs, 3:1; -v prints the split
     """
     import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/chat/runtime/model.py)
 
     from g4cli.chat import oneshot
     from g4cli.chat.select import choose, split_args
-    from g4cli.chat.settings import ChatOptions, LoadOptions, MicOptions, Sampling, response_format
+    from g4cli.chat.settings import (
+        ChatOptions,
+        LoadOptions,
+        MicOptions,
+        Sampling,
+        gpu_layers_value,
+        response_format,
+        tensor_split_value,
+    )
     from g4cli.errors import UsageError
 
     given = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p}
@@ -116,11 +140,15 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
         load=LoadOptions(
             ctx=ctx,
             threads=threads,
-            gpu_layers=gpu_layers,
+            gpu_layers=gpu_layers_value(gpu_layers),
+            split_mode=split_mode,
+            tensor_split=tensor_split_value(tensor_split),
+            main_gpu=main_gpu,
             mmproj=mmproj,
             flash_attn=flash_attn,
             kv_type=kv_type,
             image_tokens=image_tokens,
+            rpc=rpc,
         ),
         mic=MicOptions(input_device=input_device, silence=silence, max_seconds=max_seconds, save_audio=save_audio),
         image=image or [],

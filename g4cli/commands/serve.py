@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt
+from g4cli.options import (
+    ChatThreadsOpt,
+    FlashAttnOpt,
+    GpuLayersOpt,
+    ImageTokensOpt,
+    KvTypeOpt,
+    MainGpuOpt,
+    RpcOpt,
+    SplitModeOpt,
+    TensorSplitOpt,
+)
 
 DEFAULT_PORT = 11435
 
@@ -40,11 +50,15 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
     keep_alive: Annotated[
         str, typer.Option("--keep-alive", help="Unload a model idle this long (5m, 1h, 0, -1 = never).")
     ] = "5m",
-    gpu_layers: GpuLayersOpt = 0,
+    gpu_layers: GpuLayersOpt = "auto",
+    split_mode: SplitModeOpt = "layer",
+    tensor_split: TensorSplitOpt = None,
+    main_gpu: MainGpuOpt = 0,
     threads: ChatThreadsOpt = None,
     flash_attn: FlashAttnOpt = "auto",
     kv_type: KvTypeOpt = "f16",
     image_tokens: ImageTokensOpt = None,
+    rpc: RpcOpt = None,
     max_body: Annotated[int, typer.Option("--max-body", metavar="MB", help="Largest request body in MB.")] = 64,
     max_memory: Annotated[
         float | None,
@@ -71,6 +85,7 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
     \b
       g4 serve e4b                               # http://127.0.0.1:11435
       g4 serve e4b 31b --parallel 4 --api-key secret
+      g4 serve 31b --rpc 127.0.0.1:50052,127.0.0.1:50053   # layers on two g4 rpc-servers
       curl http://127.0.0.1:11435/v1/chat/completions \\
            -d '{"model": "e4b", "messages": [{"role": "user", "content": "Hi"}]}'
       OLLAMA_HOST=127.0.0.1:11435 ollama run e4b  # Ollama's own CLI and apps
@@ -88,7 +103,7 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
       docker run -p 3000:8080 -e OPENAI_API_BASE_URL=http://host.docker.internal:11435/v1 \\
            ghcr.io/open-webui/open-webui
     """
-    from g4cli.chat.settings import LoadOptions
+    from g4cli.chat.settings import LoadOptions, gpu_layers_value, tensor_split_value
     from g4cli.errors import UsageError
     from g4cli.serve import run
     from g4cli.serve.ollama_api import keep_alive as duration
@@ -108,10 +123,14 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
     load = LoadOptions(
         ctx=ctx,
         threads=threads,
-        gpu_layers=gpu_layers,
+        gpu_layers=gpu_layers_value(gpu_layers),
+        split_mode=split_mode,
+        tensor_split=tensor_split_value(tensor_split),
+        main_gpu=main_gpu,
         flash_attn=flash_attn,
         kv_type=kv_type,
         image_tokens=image_tokens,
+        rpc=rpc,
     ).validate()
     run.serve(
         models or [],

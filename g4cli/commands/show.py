@@ -71,4 +71,18 @@ def lines(e: ModelEntry) -> list[tuple[str, str]]:
     for role, f in m.get("files", {}).items():
         rows.append((f"file ({role})", f"{f['name']} {h(f['size'])} sha256 {f['sha256']}"))
     rows.append(("path", str(e.dir)))
+    rows.append(("offload", offload_line(e)))
     return rows
+
+
+def offload_line(e: ModelEntry) -> str:
+    """Where ``g4 chat`` would put the layers on this machine now (--gpu-layers auto)."""
+    from g4cli.chat.load import plan_offload
+    from g4cli.chat.select import Choice
+    from g4cli.chat.settings import LoadOptions
+
+    try:
+        p = plan_offload(Choice(e.tag, e.gguf, e.mmproj, e), LoadOptions())
+    except Exception as err:  # g4 show describes; a plan that cannot be made is one more fact
+        return f"cannot plan ({err})"
+    return p.summary() if p is not None else "CPU only (no GPU or RPC device in this llama.cpp build)"

@@ -146,31 +146,29 @@ def _role(name: str, shape: tuple[int, ...]) -> str:
     }.get(kind, "default")
 
 
-def _text_roles(hp: Layout) -> tuple[list[tuple[str, int, int]], int]:
-    """(role, parameters, layer or attn_v index) for every text tensor of a GGUF; the attn_v count."""
-    out: list[tuple[str, int, int]] = []
+def _text_roles(hp: Layout) -> tuple[list[tuple[str, str, int, int, int | None]], int]:
+    """(name, role, parameters, layer or attn_v index, layer) for every text tensor; the attn_v count."""
+    out: list[tuple[str, str, int, int, int | None]] = []
     v = 0
     for t in hp.tensors():
         role = _role(t.name, t.shape)
         if role == "attn_v":  # llama.cpp counts its "more bits" attn_v layers among attn_v tensors
-            out.append((role, math.prod(t.shape), v))
+            out.append((t.name, role, math.prod(t.shape), v, t.layer))
             v += 1
         else:
-            out.append((role, math.prod(t.shape), t.layer or 0))
-    out.append(("float", hp.head_dim_full // 2, 0))  # rope_freqs
+            out.append((t.name, role, math.prod(t.shape), t.layer or 0, t.layer))
+    out.append(("rope_freqs.weight", "float", hp.head_dim_full // 2, 0, None))
     return out, v
 
 
-def text_bytes(hp: Layout, quant: str, source_type: str) -> dict[str, int]:
-    """The text GGUF at ``quant``: its bytes ("total"), of which the PLE table ("ple") and the
-    token embeddings ("embeddings"), and its parameter count ("params")."""
+def tensor_bytes(hp: Layout, quant: str, source_type: str) -> list[tuple[str, int | None, str, float]]:
+    """(name, layer or None, role, bytes at ``quant``) for every tensor of the text GGUF."""
     roles, n_v = _text_roles(hp)
     L = hp.n_layer
-    total = ple = embeddings = params = 0.0
     mix = MIX.get(quant)
     moe = hp.n_expert >= 8 and mix is not None and quant != "MXFP4_MOE"
-    for role, n, i in roles:
-        params += n
+    out = []
+    for name, role, n, i, layer in roles:
         if role == "float":
             bits = 32.0
         elif mix is None:  # a float target: everything at that type
@@ -191,10 +189,19 @@ def text_bytes(hp: Layout, quant: str, source_type: str) -> dict[str, int]:
             bits = BITS[mix.experts]
         else:
             bits = BITS[mix.default]
-        total += n * bits / 8
-        ple += n * bits / 8 if role == "ple" else 0.0
-        embeddings += n * bits / 8 if role == "embeddings" else 0.0
-    total += hp.vocab_size * VOCAB_METADATA
+        out.append((name, layer, role, n * bits / 8))
+    return out
+
+
+def text_bytes(hp: Layout, quant: str, source_type: str) -> dict[str, int]:
+    """The text GGUF at ``quant``: its bytes ("total"), of which the PLE table ("ple") and the
+    token embeddings ("embeddings"), and its parameter count ("params")."""
+    roles, _ = _text_roles(hp)
+    sizes = tensor_bytes(hp, quant, source_type)
+    total = sum(b for *_, b in sizes) + hp.vocab_size * VOCAB_METADATA
+    ple = sum(b for _, _, role, b in sizes if role == "ple")
+    embeddings = sum(b for _, _, role, b in sizes if role == "embeddings")
+    params = sum(n for _, _, n, _, _ in roles)
     return {"total": int(total), "ple": int(ple), "embeddings": int(embeddings), "params": int(params)}
 
 

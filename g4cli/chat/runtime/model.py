@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp  # before numpy: a numpy-first import crashed a CUDA build at model load
 import llama_cpp.mtmd_cpp as mtmd
@@ -30,6 +31,9 @@ from g4cli.chat.runtime.prompt import Prompt, tokenize_media_prompt
 from g4cli.chat.settings import IMAGE_TOKENS, Sampling
 from g4cli.errors import CapabilityError, RuntimeFailure
 from g4cli.models.catalog import CPU_FLASH_ATTN, DEFAULT_CTX  # shared with the fit estimate of g4 pull
+
+if TYPE_CHECKING:
+    from g4cli.chat.runtime.offload import Plan
 
 MARKER = "<__media__>"  # mtmd's media marker
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
@@ -118,8 +122,10 @@ class Model(Handle):
         flash_attn: str = "auto",
         kv_type: str = "f16",
         image_tokens: int | None = None,
+        offload: Plan | None = None,  # --gpu-layers auto, --split-mode, --tensor-split (runtime/offload.py)
     ) -> None:
         self.path = Path(gguf)
+        self.offload = offload
         self.mmproj = Path(mmproj) if mmproj else None
         self.name = self.path.name
         if n_ctx is not None and n_ctx < 16:
@@ -150,6 +156,7 @@ class Model(Handle):
             raise RuntimeFailure(f"{self.path}: no such model file")
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = n_gpu_layers
+        self._tensor_split = self.offload.apply(mp) if self.offload is not None else None  # kept until freed
         # E2B/E4B's per-layer-embedding table (~2 GB of E4B Q4_K_M): rows read for the tokens
         # used, not up front (llama.cpp's AUTO does that only above 4 GiB)
         mp.lazy_mode = llama_cpp.LLAMA_LAZY_MODE_ON
@@ -161,7 +168,7 @@ class Model(Handle):
             raise RuntimeFailure(f"{self.path}: cannot load the model ({detail})")
         # The projector is loaded on first use (most chats are text: E4B's takes ~1 GB); what it
         # can take, and whether it reads images whole (the ubatch size), come from its header.
-        self._mtmd_args = (threads, n_gpu_layers > 0)
+        self._mtmd_args = (threads, self.offload.projector_gpu if self.offload else n_gpu_layers > 0)
         self.capabilities: set[str] = projector_capabilities(self.mmproj)
         if self.mmproj is not None and not self.capabilities:
             detail = self._log.last_error() or "no vision or audio encoder in it"
