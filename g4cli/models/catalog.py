@@ -31,6 +31,8 @@ class Model:
     about: str
 
 
+QAT = "-qat-q4_0-unquantized"  # Google's QAT checkpoints' repo suffix: their default is QAT-aware Q4_0
+
 #      name       repo                          aliases        capabilities                  about
 MODELS: tuple[Model, ...] = (
     Model("e2b",     "google/gemma-4-E2B-it",     (),             ("vision", "audio", "ple"), "2B effective"),
@@ -38,6 +40,12 @@ MODELS: tuple[Model, ...] = (
     Model("12b",     "google/gemma-4-12B-it",     (),             ("vision", "audio"),        "dense 12B, no encoders"),
     Model("26b-a4b", "google/gemma-4-26B-A4B-it", ("26b", "a4b"), ("vision", "experts"),      "MoE, 4B active"),
     Model("31b",     "google/gemma-4-31B-it",     (),             ("vision",),                "dense 31B"),
+    # quantization-aware-trained for Q4_0 (BF16 weights on the Q4_0 grid): pulled as Q4_0_QAT
+    Model("e2b-qat",     f"google/gemma-4-E2B-it{QAT}",     (),           ("vision", "audio", "ple"), "E2B QAT"),
+    Model("e4b-qat",     f"google/gemma-4-E4B-it{QAT}",     (),           ("vision", "audio", "ple"), "E4B QAT"),
+    Model("12b-qat",     f"google/gemma-4-12B-it{QAT}",     (),           ("vision", "audio"),        "12B QAT"),
+    Model("26b-a4b-qat", f"google/gemma-4-26B-A4B-it{QAT}", ("26b-qat",), ("vision", "experts"),      "26B-A4B QAT"),
+    Model("31b-qat",     f"google/gemma-4-31B-it{QAT}",     (),           ("vision",),                "31B QAT"),
 )  # fmt: skip
 
 # One path component of a store name: what Hugging Face allows in a repo id, minus "--" and
@@ -54,6 +62,13 @@ class Ref:
     quant: str | None = None  # from a ":q8_0" tag, normalised ("Q8_0")
     repo: str | None = None  # Hugging Face repo id
     path: Path | None = None  # local checkpoint directory
+
+
+def default_quant(ref: Ref) -> str:
+    """The quantization a pull makes without a tag: QAT-aware Q4_0 for a QAT checkpoint, else Q4_K_M."""
+    if ref.repo and ref.repo.lower().endswith(QAT):
+        return "Q4_0_QAT"
+    return DEFAULT_QUANT
 
 
 def lookup(name: str) -> Model | None:

@@ -65,7 +65,7 @@ def pull(text: str, *, quant: str | None = None, name: str | None = None, **opti
     qtype = parse_type(quant) if quant else None
     if qtype and ref.quant and qtype != ref.quant:
         raise UsageError(f"{text} asks for {ref.quant.lower()} but --quant says {qtype.lower()}")
-    qtype = qtype or ref.quant or catalog.DEFAULT_QUANT
+    qtype = qtype or ref.quant or catalog.default_quant(ref)
     if ref.path is not None and (opts.revision or opts.remove_download):
         raise UsageError("--revision and --remove-download apply to models from the Hub, not to a directory")
     tag = f"{ref.name}:{qtype.lower()}"
@@ -207,7 +207,7 @@ def _convert(
     """Convert (and quantize) into ``directory``; returns the files written by role."""
     from quantize.checkpoint import open_checkpoint
     from quantize.converter import convert
-    from quantize.llama_quant import FLOAT_TYPES, quantize
+    from quantize.llama_quant import FLOAT_TYPES, QAT_TYPES, quantize
 
     directory.mkdir(parents=True, exist_ok=True)
     model = directory / store.MODEL_FILE
@@ -217,10 +217,17 @@ def _convert(
         dtype = dtype if dtype in FLOAT_TYPES else "F32"
         source = directory / f"source-{dtype}.gguf"
         result = convert(checkpoint, source, quant=dtype, threads=threads, on_progress=update)
-        quantize(source, model, quant, threads=threads, on_progress=lambda d, t: update("quantize", d, t))
+        if quant in QAT_TYPES:  # written from the checkpoint, not from the unquantized GGUF
+            result.qat = convert(checkpoint, model, quant=quant, mmproj_type=None, threads=threads).qat
+        else:
+            quantize(source, model, quant, threads=threads, on_progress=lambda d, t: update("quantize", d, t))
         files["source"] = source
     else:
         result = convert(checkpoint, model, quant=quant, threads=threads, on_progress=update)
+    if result.qat is not None:
+        from quantize.qat import summary
+
+        info(summary(result.qat))
     files["model"] = model
     if result.mmproj is not None:
         files["mmproj"] = directory / store.MMPROJ_FILE
