@@ -41,11 +41,20 @@ def pull(
     Models go to $G4_HOME (default ~/.local/share/g4). Prints the GGUF path on stdout; pulling
     a model that is already there does nothing.
 
+    Google's QAT checkpoints (e4b-qat, ...: google/gemma-4-*-it-qat-q4_0-unquantized) become
+    QAT-aware Q4_0 (q4_0_qat) by default. A repo of ready GGUF files (hf.co/ORG/REPO[:QUANT], or
+    ORG/REPO:QUANT when the repo's name says GGUF) is downloaded, not converted: the file for the
+    tag (default Q4_K_M), its splits and the repo's F16 mmproj, each checked against the Hub's
+    sha256 and its header checked (Gemma 4, tensors inside the file) before it is stored.
+
     Examples:
 
     \b
       g4 pull e4b                          # google/gemma-4-E4B-it -> Q4_K_M
       g4 pull 26b:q8_0
+      g4 pull e4b-qat                      # QAT checkpoint -> QAT-aware Q4_0
+      g4 pull hf.co/ggml-org/gemma-4-E4B-it-GGUF:Q8_0
+      g4 pull unsloth/gemma-4-E4B-it-GGUF:UD-Q4_K_XL
       g4 pull google/gemma-4-31B-it --revision main --remove-download
       g4 pull ./my-finetune --name tuned -q q5_k_m
     """

@@ -62,6 +62,7 @@ class Ref:
     quant: str | None = None  # from a ":q8_0" tag, normalised ("Q8_0")
     repo: str | None = None  # Hugging Face repo id
     path: Path | None = None  # local checkpoint directory
+    gguf: bool = False  # a repo of ready GGUF files (quant: the file's tag, e.g. "UD-Q4_K_XL")
 
 
 def default_quant(ref: Ref) -> str:
@@ -110,14 +111,43 @@ def local_name(path: Path) -> str:
     return base[:96] or "model"
 
 
+# GGUF repos as llama.cpp's -hf and Ollama name them: hf.co/ORG/REPO[:TAG] (or a repo named *GGUF*)
+HF_HOST = re.compile(r"^(?:https?://)?(?:hf\.co|huggingface\.co)/", re.IGNORECASE)
+GGUF_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def is_gguf_name(text: str) -> bool:
+    """``hf.co/ORG/REPO[:TAG]``, or an ``ORG/REPO[:TAG]`` whose repo name says GGUF."""
+    base = text.rsplit(":", 1)[0] if not HF_HOST.match(text) else text
+    return bool(HF_HOST.match(text)) or (base.count("/") == 1 and "gguf" in base.lower())
+
+
+def gguf_tag(tag: str) -> str:
+    """A GGUF file's quantization tag as typed (``ud-q4_k_xl``) -> its store form (``UD-Q4_K_XL``)."""
+    if not GGUF_TAG.match(tag.strip()):
+        raise UsageError(f"invalid quantization tag {tag!r}", hint="e.g. Q4_K_M, UD-Q4_K_XL")
+    return tag.strip().upper()
+
+
 def split_tag(text: str) -> tuple[str, str | None]:
-    """``e4b:q8_0`` -> ("e4b", "Q8_0"); a tag that is not a quantization type is an error."""
+    """``e4b:q8_0`` -> ("e4b", "Q8_0"); a tag that is not a quantization type is an error.
+
+    A GGUF repo's name (``hf.co/ORG/REPO:TAG``) loses its host and keeps its tag as it is."""
+    gguf = is_gguf_name(text)
+    text = HF_HOST.sub("", text)
     if ":" not in text:
         return text, None
     base, tag = text.rsplit(":", 1)
+    if gguf:
+        return base, gguf_tag(tag)
     from quantize.llama_quant import parse_type
 
-    return base, parse_type(tag)
+    try:
+        return base, parse_type(tag)
+    except UsageError:
+        if base.count("/") == 1 and GGUF_TAG.match(tag):  # ORG/REPO:UD-Q4_K_XL: a GGUF repo's file tag
+            return base, gguf_tag(tag)
+        raise
 
 
 def _is_path(text: str) -> bool:
@@ -134,7 +164,16 @@ def parse(text: str, *, name: str | None = None) -> Ref:
     if _is_path(text) and (":" not in text or Path(text).expanduser().is_dir()):
         path = Path(text).expanduser()
         return Ref(check_name(name) if name else local_name(path), path=path)
+    gguf = is_gguf_name(text)
     base, quant = split_tag(text)
+    if not gguf and quant is not None and base.count("/") == 1:
+        from quantize.llama_quant import all_types
+
+        gguf = quant not in all_types()  # a tag no conversion makes: a GGUF repo's file
+    if gguf:
+        if base.count("/") != 1:
+            raise UsageError(f"{text}: a GGUF repo is hf.co/ORG/REPO[:QUANT]")
+        return Ref(check_name(base), quant=quant, repo=base, gguf=True)
     if _is_path(base):
         path = Path(base).expanduser()
         return Ref(check_name(name) if name else local_name(path), quant=quant, path=path)

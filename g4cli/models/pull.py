@@ -34,6 +34,7 @@ from g4cli.render import human_bytes, info, warn
 if TYPE_CHECKING:
     from g4cli.models.fit import DiskNeed, Estimate
     from quantize.checkpoint import Checkpoint
+    from quantize.gemma4 import Layout
 
 Progress = Callable[[str, int, int], None]
 
@@ -62,9 +63,13 @@ def pull(text: str, *, quant: str | None = None, name: str | None = None, **opti
 
     opts = PullOptions(**options)
     ref = catalog.parse(text, name=name)
-    qtype = parse_type(quant) if quant else None
+    qtype = (catalog.gguf_tag(quant) if ref.gguf else parse_type(quant)) if quant else None
     if qtype and ref.quant and qtype != ref.quant:
         raise UsageError(f"{text} asks for {ref.quant.lower()} but --quant says {qtype.lower()}")
+    if ref.gguf and not (qtype or ref.quant):
+        from g4cli.models.gguf_repo import default_tag
+
+        qtype = default_tag(ref, opts.revision)  # the repo's listing says which (Q4_K_M if it has it)
     qtype = qtype or ref.quant or catalog.default_quant(ref)
     if ref.path is not None and (opts.revision or opts.remove_download):
         raise UsageError("--revision and --remove-download apply to models from the Hub, not to a directory")
@@ -118,6 +123,12 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
     from g4cli.render import ByteProgress
     from quantize.checkpoint import open_checkpoint, read_json
 
+    if ref.gguf:  # a repo of ready GGUF files: download, check, store (g4cli/models/gguf_repo.py)
+        from g4cli.models import gguf_repo
+
+        progress = ByteProgress()
+        with progress.running():
+            return gguf_repo.pull_into(ref, quant, tag, directory, opts, _with_test_pause(progress.update))
     snap = None
     if ref.path is not None:
         checkpoint = ref.path
@@ -253,7 +264,6 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
     """The manifest: what the model is, what it can do, and each file with its size and sha256."""
     from gguf import GGUFReader
 
-    from g4cli.models import fit
     from quantize.checkpoint import open_checkpoint
     from quantize.gemma4 import text_params
 
@@ -264,9 +274,21 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
         row = mix.setdefault(t.tensor_type.name, {"tensors": 0, "bytes": 0})
         row["tensors"] += 1
         row["bytes"] += int(t.n_bytes)
-    n_swa = sum(hp.is_swa)
     sizes = {role: p.stat().st_size for role, p in files.items()}
     written = dataclasses.replace(est, text=sizes["model"])  # the estimate with the real text file
+    mix = dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
+    return manifest_for(name, quant, files, capabilities(ckpt), hp, mix, written)
+
+
+def manifest_for(
+    name: str, quant: str, files: dict[str, Path], caps: dict[str, bool], hp: Layout, mix: dict, written: Estimate
+) -> dict[str, Any]:
+    """The manifest's fields (a converted model's, and a GGUF repo's: ``gguf_repo``); ``written``:
+    the estimate with the sizes of the files as written."""
+    from g4cli.models import fit
+
+    n_swa = sum(hp.is_swa)
+    sizes = {role: p.stat().st_size for role, p in files.items()}
     return {
         "format": store.MANIFEST_FORMAT,
         "name": name,
@@ -276,7 +298,7 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
         "files": {
             role: {"name": p.name, "size": sizes[role], "sha256": store.sha256_file(p)} for role, p in files.items()
         },
-        "capabilities": capabilities(ckpt),
+        "capabilities": caps,
         "architecture": {
             "arch": "gemma4",
             "layers": hp.n_layer,
@@ -294,14 +316,14 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
             "experts_used": hp.n_expert_used,
             "vocab": hp.vocab_size,
         },
-        "quant_mix": dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"])),
+        "quant_mix": mix,
         "memory": {  # a text chat at the default context (fit.Estimate.memory), from the files as written
-            "ctx": est.ctx,
+            "ctx": written.ctx,
             "weights": written.weights,
-            "ple": est.ple,
+            "ple": written.ple,
             "projector": sizes.get("mmproj", 0),  # loaded with the first image or audio
-            "kv_cache": est.kv_cache,
-            "compute": est.compute + fit.RUNTIME,
+            "kv_cache": written.kv_cache,
+            "compute": written.compute + fit.RUNTIME,
             "total": written.memory,
         },
     }
