@@ -172,3 +172,42 @@ def test_the_memory_estimate_is_the_converted_model_s(hub, tiny, run_g4) -> None
         assert pulled["memory"][key] == converted["memory"][key], key
     for key in ("projector", "weights", "total"):  # the files differ in their headers' names only
         assert abs(pulled["memory"][key] - converted["memory"][key]) < 1024, key
+
+
+@pytest.mark.parametrize(
+    ("path", "tag"),
+    [
+        ("gemma-4-E4B-it-Q4_K_M.gguf", "Q4_K_M"),
+        ("gemma-4-E4B-it-UD-Q4_K_XL.gguf", "UD-Q4_K_XL"),
+        ("gemma-4-e4b-it-q8_0.gguf", "q8_0"),
+        ("BF16/gemma-4-31B-it-BF16-00002-of-00003.gguf", "BF16"),
+        ("gemma-4-E4B-it-IQ4_XS.gguf", "IQ4_XS"),
+        ("gemma-4-26B-A4B-it-MXFP4_MOE.gguf", "MXFP4_MOE"),
+        ("model.gguf", "model"),
+    ],
+)
+def test_file_tags(path: str, tag: str) -> None:
+    from g4cli.models.gguf_repo import file_tag
+
+    assert file_tag(path) == tag
+
+
+def test_choice_of_files() -> None:
+    from g4cli.errors import CheckpointError, UsageError
+    from g4cli.models.gguf_repo import choose
+    from g4cli.models.hub import RemoteFile
+
+    def files(*names: str) -> list[RemoteFile]:
+        return [RemoteFile(n, 1, "0" * 64) for n in names]
+
+    split = [f"Q8_0/m-Q8_0-0000{i}-of-00003.gguf" for i in (3, 1, 2)]
+    c = choose("r", files(*split, "m-Q4_K_M.gguf", "mmproj-BF16.gguf", "mmproj-F16.gguf", "mmproj-F32.gguf"), "q8_0")
+    assert [f.path for f in c.parts] == sorted(split) and c.mmproj is not None and c.mmproj.path == "mmproj-F16.gguf"
+    assert choose("r", files("m-Q4_K_M.gguf", "m-Q8_0.gguf"), None).tag == "Q4_K_M"
+    assert choose("r", files("m-Q8_0.gguf"), None).mmproj is None
+    with pytest.raises(UsageError, match="several quantizations; say which: Q6_K, Q8_0"):
+        choose("r", files("m-Q6_K.gguf", "m-Q8_0.gguf"), None)
+    with pytest.raises(CheckpointError, match=r"split file Q8_0/m-Q8_0-00002-of-00003\.gguf is missing"):
+        choose("r", files(split[0], split[1]), "Q8_0")
+    with pytest.raises(CheckpointError, match="has no GGUF files"):
+        choose("r", files("mmproj-F16.gguf"), None)

@@ -57,6 +57,10 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def _load(path: Path, window: int, threads: int | None):
     import llama_cpp
 
+    from g4cli.chat.runtime.hardware import physical_cores
+
+    threads = threads or physical_cores()  # as g4 chat: oversubscribed ggml threads spin
+
     return llama_cpp.Llama(
         str(path), n_ctx=window, n_batch=window, n_ubatch=window, logits_all=True, n_threads=threads, verbose=False
     )
