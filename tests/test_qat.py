@@ -132,3 +132,20 @@ def test_pull_of_a_qat_repo_defaults_to_qat_aware_q4_0(qat_checkpoint: Path, run
     r = run_g4("show", "e4b-qat", "--json")
     assert r.returncode == 0, r.err
     assert '"Q4_0"' in r.out
+
+
+@pytest.mark.parametrize("family", ["e4b", "12b", "26b-a4b", "31b"])
+def test_every_family_on_its_grid_loads_and_generates(tiny, tmp_path: Path, family: str) -> None:
+    """PLE, the 12B's unified layout, MoE experts (3-D, QAT-aware too), K=V layers."""
+    import llama_cpp
+
+    ckpt = tiny(family, dtype="BF16", qat=True, vision=False, audio=False)
+    result = convert(ckpt, tmp_path / "m.gguf", quant="q4_0_qat", mmproj_type=None)
+    assert result.qat is not None and result.qat.blocks > 0 and result.qat.off_grid == 0
+    types = {t.name: t.tensor_type.name for t in GGUFReader(tmp_path / "m.gguf").tensors}
+    assert "Q4_0" in types.values()
+    if family == "26b-a4b":
+        assert types["blk.0.ffn_gate_up_exps.weight"] == types["blk.0.ffn_down_exps.weight"] == "Q4_0"
+        assert types["blk.0.ffn_gate_inp.weight"] == "F32"  # the router
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, verbose=False)
+    assert llm("The cat", max_tokens=4, temperature=0.0)["usage"]["completion_tokens"] > 0

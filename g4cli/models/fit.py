@@ -169,7 +169,7 @@ def text_bytes(hp: Layout, quant: str, source_type: str) -> dict[str, int]:
     L = hp.n_layer
     total = ple = embeddings = params = 0.0
     mix = MIX.get(quant)
-    moe = hp.n_expert >= 8 and mix is not None and quant != "MXFP4_MOE"
+    moe = hp.n_expert >= 8 and mix is not None and quant not in ("MXFP4_MOE", "Q4_0_QAT")  # Q4_0_QAT: "pure"
     for role, n, i in roles:
         params += n
         if role == "float":
