@@ -211,3 +211,12 @@ def test_choice_of_files() -> None:
         choose("r", files(split[0], split[1]), "Q8_0")
     with pytest.raises(CheckpointError, match="has no GGUF files"):
         choose("r", files("mmproj-F16.gguf"), None)
+
+
+def test_org_repo_quant_of_a_gguf_repo_whose_name_does_not_say_so(hub, repos, run_g4) -> None:
+    hub.add_repo("acme/tiny-quants", repos["good"])
+    r = run_g4("pull", "acme/tiny-quants:q8_0")
+    assert r.returncode == 0, r.err
+    manifest = json.loads(Path(r.out.strip()).with_name("manifest.json").read_text())
+    assert manifest["source"]["gguf"][0] == f"{STEM}-Q8_0.gguf"
+    assert run_g4("show", "acme/tiny-quants:q8_0").returncode == 0

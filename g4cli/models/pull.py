@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from g4cli.errors import DiskSpaceError, ModelBusy, UsageError
+from g4cli.errors import CheckpointError, DiskSpaceError, ModelBusy, UsageError
 from g4cli.models import catalog, store
 from g4cli.render import human_bytes, info, warn
 
@@ -138,7 +138,14 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
         to_fetch, cache = 0, store.store_root()
     else:
         assert ref.repo is not None
-        snap = hub.open_snapshot(ref.repo, opts.revision or "main")
+        try:
+            snap = hub.open_snapshot(ref.repo, opts.revision or "main")
+        except CheckpointError:  # ORG/REPO:QUANT of a repo of GGUF files (its name does not say so)
+            from g4cli.models import gguf_repo
+
+            if not gguf_repo.open_repo(ref.repo, opts.revision or "main").files:
+                raise
+            return _pull(dataclasses.replace(ref, gguf=True), quant, tag, directory, opts)
         why = f" (from the cache: {snap.offline})" if snap.offline else ""
         info(f"{tag}: {snap.repo} @ {snap.commit[:7]}{why}")
         hub.clean_orphans(snap)
