@@ -220,3 +220,24 @@ def test_org_repo_quant_of_a_gguf_repo_whose_name_does_not_say_so(hub, repos, ru
     manifest = json.loads(Path(r.out.strip()).with_name("manifest.json").read_text())
     assert manifest["source"]["gguf"][0] == f"{STEM}-Q8_0.gguf"
     assert run_g4("show", "acme/tiny-quants:q8_0").returncode == 0
+
+
+def test_the_quality_reference_of_a_gguf_repo_model_is_its_f16(hub, run_g4) -> None:
+    from g4cli.commands.quality import reference
+    from g4cli.errors import ModelNotFound
+    from g4cli.models import store
+
+    assert run_g4("pull", f"hf.co/{REPO}:Q8_0").returncode == 0
+    entry = store.resolve(f"hf.co/{REPO}:q8_0")
+    with pytest.raises(ModelNotFound, match="no f16 reference"):
+        reference(entry, "f16")
+    assert run_g4("pull", f"hf.co/{REPO}:F16").returncode == 0
+    assert reference(entry, "f16") == store_dir("F16") / "model-00001-of-00002.gguf"
+
+
+def test_a_repo_with_neither_checkpoint_nor_gguf(hub, tmp_path, run_g4) -> None:
+    (tmp_path / "README.md").write_text("nothing here\n")
+    hub.add_repo("acme/empty", tmp_path)
+    r = run_g4("pull", "acme/empty")
+    assert r.returncode == 1 and "no config.json and .safetensors weights" in r.err
+    assert_nothing_stored()
