@@ -13,6 +13,7 @@ from g4cli.commands import devices as devices_cmd
 from g4cli.commands import doctor as doctor_cmd
 from g4cli.commands import list as list_cmd
 from g4cli.commands import pull as pull_cmd
+from g4cli.commands import quality as quality_cmd
 from g4cli.commands import rm as rm_cmd
 from g4cli.commands import rpc_server as rpc_server_cmd
 from g4cli.commands import serve as serve_cmd
@@ -48,6 +49,7 @@ app.command("pull", no_args_is_help=True)(pull_cmd.pull)
 app.command("list")(list_cmd.list)
 app.command("show", no_args_is_help=True)(show_cmd.show)
 app.command("rm", no_args_is_help=True)(rm_cmd.rm)
+app.command("quality", no_args_is_help=True)(quality_cmd.quality)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
 app.command("serve")(serve_cmd.serve)
 app.command("doctor")(doctor_cmd.doctor)

@@ -11,7 +11,10 @@ QuantOpt = Annotated[
     typer.Option(
         "--quant",
         "-q",
-        help="Quantization type: q4_k_m (default), q4_k_s, q4_0, q5_k_m, q6_k, q8_0, ... or f16/bf16/f32.",
+        help=(
+            "Quantization type: q4_k_m (default), q4_k_s, q4_0, q5_k_m, q6_k, q8_0, ..., "
+            "q4_0_qat (QAT-aware, for Google's QAT checkpoints) or f16/bf16/f32."
+        ),
     ),
 ]
 ThreadsOpt = Annotated[

@@ -14,7 +14,8 @@ from g4cli.fsutil import partial_path
 from quantize import gemma4, mmproj
 from quantize.checkpoint import Checkpoint, open_checkpoint, read_json
 from quantize.gguf_out import KV, write_gguf
-from quantize.llama_quant import DEFAULT_QUANT, FLOAT_TYPES, parse_type, quantize
+from quantize.llama_quant import DEFAULT_QUANT, FLOAT_TYPES, QAT_TYPES, parse_type, quantize
+from quantize.qat import Q4_0Encoder
 from quantize.vocab import Vocab, load_vocab
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -32,6 +33,7 @@ class ConvertResult:
     mmproj: Path | None = None
     dropped: list[tuple[str, str]] = field(default_factory=list)
     n_tensors: int = 0
+    qat: Q4_0Encoder | None = None  # Q4_0_QAT: blocks written, and how many were on no QAT grid
 
 
 def vocab_kv(v: Vocab) -> list[KV]:
@@ -95,15 +97,27 @@ def default_output(checkpoint: Path, quant: str, directory: Path | None = None) 
 
 
 def write_text_gguf(
-    ckpt: Checkpoint, out: Path, outtype: str, on_progress: Progress | None = None, *, durable: bool = True
+    ckpt: Checkpoint,
+    out: Path,
+    outtype: str,
+    on_progress: Progress | None = None,
+    *,
+    durable: bool = True,
+    qat: Q4_0Encoder | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """The text model as an unquantized GGUF; returns (tensor count, dropped tensors).
 
     ``durable=False``: no fsync, for the intermediate that llama.cpp quantizes and g4 deletes.
+    ``qat``: the QAT-trained tensors written as QAT-aware Q4_0 blocks (counted by it), the rest
+    at ``outtype``.
     """
+    from quantize import qat as qat_blocks
+
     hp = gemma4.text_params(ckpt.config)
     vocab = load_vocab(ckpt.root, ckpt.config)
     plan = gemma4.plan_text(hp, ckpt.tensors, len(vocab), outtype)
+    if qat is not None:
+        qat_blocks.apply(plan.tensors, qat)
     kv = text_kv(ckpt, hp, vocab, outtype)
     del vocab  # write_gguf drops the KV data once written: the vocabulary need not outlive it
     write_gguf(
@@ -184,14 +198,21 @@ def _convert_text(
         return
     source_type = ckpt.source_dtype if ckpt.source_dtype in FLOAT_TYPES else "F32"
     intermediate = partial_path(out, f".{source_type}")
+    # Q4_0_QAT: our Q4_0 blocks in the intermediate, which llama.cpp's "pure" Q4_0 copies as they
+    # are; it quantizes only the embeddings (Q6_K, or Q8_0 for rows not of 256) and keeps the rest
+    result.qat = Q4_0Encoder() if quant in QAT_TYPES else None
     try:
-        result.n_tensors, result.dropped = write_text_gguf(ckpt, intermediate, source_type, on_progress, durable=False)
+        result.n_tensors, result.dropped = write_text_gguf(
+            ckpt, intermediate, source_type, on_progress, durable=False, qat=result.qat
+        )
         quantize(
             intermediate,
             out,
-            quant,
+            QAT_TYPES.get(quant, quant),
             threads=threads,
             on_progress=(lambda done, total: on_progress("quantize", done, total)) if on_progress else None,
+            pure=result.qat is not None,
+            embeddings="Q6_K" if result.qat is not None else None,
         )
     finally:
         intermediate.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from gguf import GGUF_MAGIC, GGUF_VERSION, GGMLQuantizationType, GGUFValueType, 
 
 from g4cli.errors import OutputError
 from g4cli.fsutil import atomic_output
-from quantize.safetensors_io import TensorRef, convert_raw, iter_raw, load
+from quantize.safetensors_io import TensorRef, convert_raw, iter_raw, load, to_f32
 
 ALIGNMENT = 32  # GGUF default
 GGML_TYPES = {
@@ -35,6 +35,7 @@ GGML_TYPES = {
     "F16": GGMLQuantizationType.F16,
     "BF16": GGMLQuantizationType.BF16,
     "Q8_0": GGMLQuantizationType.Q8_0,
+    "Q4_0": GGMLQuantizationType.Q4_0,  # written by an ``encode`` function (quantize/qat.py)
 }
 Progress = Callable[[int, int], None]
 KV = tuple[str, object, GGUFValueType, GGUFValueType | None]
@@ -52,13 +53,14 @@ def output_dtype(name: str, shape: tuple[int, ...], outtype: str) -> str:
     return outtype
 
 
-BYTES_PER_BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34)}  # (block, bytes)
+BYTES_PER_BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18)}  # (block, bytes)
 
 
 @dataclass
 class OutTensor:
     """One tensor of the output GGUF: streamed from ``source``, or ``transform(source)`` loaded
-    whole when it is written (small tensors only), or given as ``data``."""
+    whole when it is written (small tensors only), or given as ``data``; ``encode`` turns each
+    streamed float32 chunk (whole blocks) into the output type's bytes (QAT-aware Q4_0)."""
 
     name: str
     shape: tuple[int, ...]  # row-major (numpy) order
@@ -66,6 +68,7 @@ class OutTensor:
     source: TensorRef | None = None
     data: np.ndarray | None = None
     transform: Callable[[np.ndarray], np.ndarray] | None = None
+    encode: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def n_elements(self) -> int:
@@ -100,6 +103,10 @@ def _tensor_bytes(t) -> Iterator[memoryview]:
         if tuple(arr.shape) != tuple(t.shape) and arr.size != t.n_elements:
             raise OutputError(f"{t.name}: transform produced shape {list(arr.shape)}, planned {list(t.shape)}")
         yield memoryview(np.ascontiguousarray(_encode(arr, t.dtype))).cast("B")
+        return
+    if t.encode is not None:
+        for chunk in iter_raw(t.source, n_elements=t.n_elements):
+            yield memoryview(np.ascontiguousarray(t.encode(to_f32(chunk, t.source.dtype)))).cast("B")
         return
     if t.dtype == "Q8_0":
         yield memoryview(np.ascontiguousarray(_encode(load(t.source).reshape(t.shape), "Q8_0"))).cast("B")

@@ -38,18 +38,21 @@ QUANT_TYPES: dict[str, int] = {
     "MXFP4_MOE": 38,  # MoE (26B-A4B)
 }
 FLOAT_TYPES = ("F32", "F16", "BF16")
+# written by g4's converter, not llama.cpp's quantizer alone: type -> the llama.cpp type it is
+QAT_TYPES = {"Q4_0_QAT": "Q4_0"}  # QAT-aware Q4_0 (quantize/qat.py), for Google's QAT checkpoints
+GGML_TYPE_IDS = {"Q4_0": 2, "Q8_0": 8, "Q6_K": 14}  # ggml_type (ggml.h) for the per-tensor overrides
 DEFAULT_QUANT = "Q4_K_M"
 LOG_TENSOR = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
 def all_types() -> list[str]:
-    return [*QUANT_TYPES, *FLOAT_TYPES]
+    return [*QUANT_TYPES, *QAT_TYPES, *FLOAT_TYPES]
 
 
 def parse_type(name: str) -> str:
     """Normalise a user-given type (``q4_k_m``, ``Q8_0``, ``bf16``); unknown -> one clear error."""
     norm = name.strip().upper().replace("-", "_")
-    if norm in QUANT_TYPES or norm in FLOAT_TYPES:
+    if norm in QUANT_TYPES or norm in FLOAT_TYPES or norm in QAT_TYPES:
         return norm
     close = difflib.get_close_matches(norm, all_types(), n=1)
     hint = f"did you mean {close[0].lower()}? " if close else ""
@@ -72,11 +75,21 @@ def quantize(
     *,
     threads: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    pure: bool = False,
+    embeddings: str | None = None,
 ) -> Path:
-    """Quantize GGUF ``src`` into ``dst`` with llama.cpp (written beside ``dst``, then renamed)."""
+    """Quantize GGUF ``src`` into ``dst`` with llama.cpp (written beside ``dst``, then renamed).
+
+    ``pure``: every quantizable tensor at ``qtype`` (no per-layer mix); ``embeddings``: the type
+    of the token embeddings, the PLE table and an untied output (llama.cpp's ``--pure
+    --token-embedding-type T --output-tensor-type T``). A tensor already of its target type is
+    copied unchanged (how QAT-aware Q4_0 blocks pass through).
+    """
     qtype = parse_type(qtype)
     if qtype in FLOAT_TYPES:
         raise UsageError(f"{qtype.lower()} is not a quantized type; convert with that output type instead")
+    if qtype in QAT_TYPES:
+        raise UsageError(f"{qtype.lower()} is written from the checkpoint: use convert (g4 convert --quant)")
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise QuantizeError(f"{src}: no such GGUF file")
@@ -104,6 +117,9 @@ def quantize(
     params.ftype = QUANT_TYPES[qtype]
     params.nthread = threads or os.cpu_count() or 1
     params.max_buf_size = 256 * 1024 * 1024  # keep the 5 GiB PLE table from being buffered whole
+    params.pure = pure
+    if embeddings:
+        params.token_embedding_type = params.output_tensor_type = GGML_TYPE_IDS[embeddings]
     with atomic_output(dst) as tmp:
         llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
         try:

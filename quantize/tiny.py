@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,6 +245,7 @@ def make_checkpoint(
     only: list[str] | None = None,
     endless: bool = False,
     suppress_tokens: tuple[int, ...] | None = None,
+    qat: bool = False,
 ) -> Path:
     """Write a tiny (or, for ``e2b-real``, full-size) random Gemma 4 checkpoint to ``out_dir``.
 
@@ -255,7 +257,9 @@ def make_checkpoint(
     towers the real E2B shapes (benchmarks); ``endless`` zeroes the embeddings of the
     end-of-generation tokens, so that greedy decoding never stops by itself (tests that
     interrupt a long answer). ``suppress_tokens`` replaces the family's generation_config
-    ``suppress_tokens`` (the 12B has some).
+    ``suppress_tokens`` (the 12B has some). ``qat`` puts the text model's linear layers on a
+    quantization-aware-training grid, as Google's ``…-qat-q4_0-unquantized`` releases: per
+    32-weight block a BF16 scale times int4 codes (``qat_grid``); write it with ``dtype="BF16"``.
     """
     family = ALIASES.get(family, family)
     if family not in FAMILIES:
@@ -278,7 +282,7 @@ def make_checkpoint(
     if only:
         tensors = [(n, s) for n, s in tensors if any(o in n for o in only)]
 
-    _write_weights(out, [st.TensorSpec(n, dtype, tuple(s)) for n, s in tensors], tc, seed, shard_bytes, endless)
+    _write_weights(out, [st.TensorSpec(n, dtype, tuple(s)) for n, s in tensors], tc, seed, shard_bytes, endless, qat)
     suppress = FAMILIES[family].get("suppress_tokens") if suppress_tokens is None else list(suppress_tokens)
     _write_files(out, cfg, suppress)
     return out
@@ -296,8 +300,36 @@ def _shards(specs: list[st.TensorSpec], shard_bytes: int | None) -> list[list[st
     return shards
 
 
+# the text tensors QAT trains for Q4_0 (linear layers; not embeddings, norms, router, PLE projection)
+QAT_TRAINED = re.compile(
+    r"language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj\.weight|mlp\.\w+_proj\.weight|experts\.\w+"
+    r"|per_layer_input_gate\.weight|per_layer_projection\.weight)$"
+)
+
+
+def qat_grid(x: np.ndarray, name: str, seed: int) -> np.ndarray:
+    """``x`` (whole 32-blocks) moved onto a QAT grid: per block ``bf16(s * q)``, ``s`` a BF16 scale
+    (the block's largest magnitude over 5.5-8, so that many blocks never reach code -8) and
+    ``q = clip(rint(x / s), -8, 7)``; one block in 64 gets a scale below F16's normal range."""
+    from quantize.qat import bf16
+
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), len(x)])
+    blocks = x.reshape(-1, 32)
+    s = bf16(np.abs(blocks).max(axis=1) / rng.uniform(5.5, 8.0, len(blocks)).astype(np.float32))
+    tiny_scale = rng.random(len(blocks)) < 1 / 64
+    s[tiny_scale] = bf16(s[tiny_scale] * np.float32(1e-3))
+    q = np.clip(np.rint(blocks / np.where(s > 0, s, 1)[:, None]), -8, 7)
+    return bf16(s[:, None] * q).reshape(-1)
+
+
 def _write_weights(
-    out: Path, specs: list[st.TensorSpec], tc: dict, seed: int, shard_bytes: int | None, endless: bool
+    out: Path,
+    specs: list[st.TensorSpec],
+    tc: dict,
+    seed: int,
+    shard_bytes: int | None,
+    endless: bool,
+    qat: bool = False,
 ) -> None:
     """The safetensors shards (and their index when there are several), values streamed."""
     shards = _shards(specs, shard_bytes)
@@ -313,6 +345,8 @@ def _write_weights(
                     lo, hi = row * width - done, (row + 1) * width - done
                     if hi > 0 and lo < len(x):
                         x[max(lo, 0) : min(hi, len(x))] = 0.0
+            if qat and QAT_TRAINED.search(spec.name):
+                x = qat_grid(x, spec.name, seed)
             done += len(x)
             yield st.convert_raw(x, "F32", spec.dtype)
 

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-LFS_PATTERNS = ("*.safetensors", "tokenizer.json")  # as the Gemma 4 repos' .gitattributes
+LFS_PATTERNS = ("*.safetensors", "tokenizer.json", "*.gguf")  # as the Gemma 4 repos' .gitattributes
 CHUNK = 64 * 1024
 
 

@@ -186,7 +186,7 @@ def test_the_catalog_says_what_each_family_can_do(tiny, model: catalog.Model) ->
     from g4cli.models.pull import capabilities
     from quantize.checkpoint import open_checkpoint
 
-    found = capabilities(open_checkpoint(tiny(model.name)))
+    found = capabilities(open_checkpoint(tiny(model.name.removesuffix("-qat"))))  # a QAT release: same layout
     assert [k for k, v in found.items() if v] == list(model.capabilities)
 
 
@@ -223,7 +223,7 @@ def test_local_directories_and_unknown_names(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("family", ["e2b", "e4b", "26b-a4b", "31b"])
-@pytest.mark.parametrize("quant", ["Q4_K_M", "Q8_0", "Q3_K_M", "F16"])
+@pytest.mark.parametrize("quant", ["Q4_K_M", "Q8_0", "Q3_K_M", "F16", "Q4_0_QAT"])
 def test_estimated_text_size_is_what_llama_cpp_writes(tiny, tmp_path, family: str, quant: str) -> None:
     from quantize.converter import convert
 

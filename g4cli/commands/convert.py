@@ -41,6 +41,7 @@ def convert(
       g4 convert ./gemma-4-E4B-it
       g4 convert ./gemma-4-31B-it --quant q8_0 -o 31b-q8.gguf
       g4 convert ./gemma-4-E2B-it --quant bf16     # no quantization
+      g4 convert ./gemma-4-E4B-it-qat-q4_0-unquantized --quant q4_0_qat   # QAT-aware Q4_0
     """
     from g4cli.render import ByteProgress, human_bytes, info, out
     from quantize.converter import convert as run_convert
@@ -57,6 +58,10 @@ def convert(
             threads=threads,
             on_progress=progress.update,
         )
+    if result.qat is not None:
+        from quantize.qat import summary
+
+        info(summary(result.qat))
     size = result.text.stat().st_size
     info(f"wrote {result.text} ({qtype}, {human_bytes(size)}, {result.n_tensors} tensors)")
     if result.mmproj is not None:

@@ -30,6 +30,13 @@ def pull(
         str | None, typer.Option("--name", help="Store name for a checkpoint directory (default: its name).")
     ] = None,
     threads: ThreadsOpt = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Then compare it with the unquantized model (KLD, same top-1, perplexity; implies --keep-source).",
+        ),
+    ] = False,
 ) -> None:
     """Download a Gemma 4 model from Hugging Face and quantize it into g4's store.
 
@@ -41,13 +48,23 @@ def pull(
     Models go to $G4_HOME (default ~/.local/share/g4). Prints the GGUF path on stdout; pulling
     a model that is already there does nothing.
 
+    Google's QAT checkpoints (e4b-qat, ...: google/gemma-4-*-it-qat-q4_0-unquantized) become
+    QAT-aware Q4_0 (q4_0_qat) by default. A repo of ready GGUF files (hf.co/ORG/REPO[:QUANT], or
+    ORG/REPO:QUANT when the repo's name says GGUF) is downloaded, not converted: the file for the
+    tag (default Q4_K_M), its splits and the repo's F16 mmproj, each checked against the Hub's
+    sha256 and its header checked (Gemma 4, tensors inside the file) before it is stored.
+
     Examples:
 
     \b
       g4 pull e4b                          # google/gemma-4-E4B-it -> Q4_K_M
       g4 pull 26b:q8_0
+      g4 pull e4b-qat                      # QAT checkpoint -> QAT-aware Q4_0
+      g4 pull hf.co/ggml-org/gemma-4-E4B-it-GGUF:Q8_0
+      g4 pull unsloth/gemma-4-E4B-it-GGUF:UD-Q4_K_XL
       g4 pull google/gemma-4-31B-it --revision main --remove-download
       g4 pull ./my-finetune --name tuned -q q5_k_m
+      g4 pull e4b-qat --report             # and how close Q4_0_QAT is to BF16
     """
     from g4cli.models.pull import pull as run_pull
     from g4cli.render import info, out
@@ -57,11 +74,34 @@ def pull(
         quant=quant,
         revision=revision,
         force=force,
-        keep_source=keep_source,
+        keep_source=keep_source or report,  # the report's reference: the unquantized GGUF
         remove_download=remove_download,
         threads=threads,
         name=name,
     )
     if result.already:
         info(f"{result.entry.tag} is already pulled ({result.entry.dir})")
+    if report:
+        _report(result.entry, threads)
     out(f"{result.entry.gguf}\n")
+
+
+def _report(entry, threads: int | None) -> None:  # entry: store.ModelEntry
+    """The quality report on stderr (stdout carries the path), against the unquantized model."""
+    from g4cli.commands.quality import reference
+    from g4cli.errors import ModelNotFound
+    from g4cli.models import quality
+    from g4cli.render import info, warn
+
+    for kind in ("bf16", "f16", "f32"):
+        try:
+            ref = reference(entry, kind)
+            break
+        except ModelNotFound:
+            continue
+    else:
+        warn(f"no unquantized {entry.name} to compare with: g4 pull {entry.name}:bf16, then g4 quality {entry.tag}")
+        return
+    r = quality.compare(entry.gguf, ref, threads=threads)
+    for k, v in quality.lines(r, entry.tag, str(ref)):
+        info(f"{k:<12}{v}")

@@ -31,6 +31,8 @@ class Model:
     about: str
 
 
+QAT = "-qat-q4_0-unquantized"  # Google's QAT checkpoints' repo suffix: their default is QAT-aware Q4_0
+
 #      name       repo                          aliases        capabilities                  about
 MODELS: tuple[Model, ...] = (
     Model("e2b",     "google/gemma-4-E2B-it",     (),             ("vision", "audio", "ple"), "2B effective"),
@@ -38,6 +40,12 @@ MODELS: tuple[Model, ...] = (
     Model("12b",     "google/gemma-4-12B-it",     (),             ("vision", "audio"),        "dense 12B, no encoders"),
     Model("26b-a4b", "google/gemma-4-26B-A4B-it", ("26b", "a4b"), ("vision", "experts"),      "MoE, 4B active"),
     Model("31b",     "google/gemma-4-31B-it",     (),             ("vision",),                "dense 31B"),
+    # quantization-aware-trained for Q4_0 (BF16 weights on the Q4_0 grid): pulled as Q4_0_QAT
+    Model("e2b-qat",     f"google/gemma-4-E2B-it{QAT}",     (),           ("vision", "audio", "ple"), "E2B QAT"),
+    Model("e4b-qat",     f"google/gemma-4-E4B-it{QAT}",     (),           ("vision", "audio", "ple"), "E4B QAT"),
+    Model("12b-qat",     f"google/gemma-4-12B-it{QAT}",     (),           ("vision", "audio"),        "12B QAT"),
+    Model("26b-a4b-qat", f"google/gemma-4-26B-A4B-it{QAT}", ("26b-qat",), ("vision", "experts"),      "26B-A4B QAT"),
+    Model("31b-qat",     f"google/gemma-4-31B-it{QAT}",     (),           ("vision",),                "31B QAT"),
 )  # fmt: skip
 
 # One path component of a store name: what Hugging Face allows in a repo id, minus "--" and
@@ -54,6 +62,14 @@ class Ref:
     quant: str | None = None  # from a ":q8_0" tag, normalised ("Q8_0")
     repo: str | None = None  # Hugging Face repo id
     path: Path | None = None  # local checkpoint directory
+    gguf: bool = False  # a repo of ready GGUF files (quant: the file's tag, e.g. "UD-Q4_K_XL")
+
+
+def default_quant(ref: Ref) -> str:
+    """The quantization a pull makes without a tag: QAT-aware Q4_0 for a QAT checkpoint, else Q4_K_M."""
+    if ref.repo and ref.repo.lower().endswith(QAT):
+        return "Q4_0_QAT"
+    return DEFAULT_QUANT
 
 
 def lookup(name: str) -> Model | None:
@@ -95,14 +111,43 @@ def local_name(path: Path) -> str:
     return base[:96] or "model"
 
 
+# GGUF repos as llama.cpp's -hf and Ollama name them: hf.co/ORG/REPO[:TAG] (or a repo named *GGUF*)
+HF_HOST = re.compile(r"^(?:https?://)?(?:hf\.co|huggingface\.co)/", re.IGNORECASE)
+GGUF_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def is_gguf_name(text: str) -> bool:
+    """``hf.co/ORG/REPO[:TAG]``, or an ``ORG/REPO[:TAG]`` whose repo name says GGUF."""
+    base = text.rsplit(":", 1)[0] if not HF_HOST.match(text) else text
+    return bool(HF_HOST.match(text)) or (base.count("/") == 1 and "gguf" in base.lower())
+
+
+def gguf_tag(tag: str) -> str:
+    """A GGUF file's quantization tag as typed (``ud-q4_k_xl``) -> its store form (``UD-Q4_K_XL``)."""
+    if not GGUF_TAG.match(tag.strip()):
+        raise UsageError(f"invalid quantization tag {tag!r}", hint="e.g. Q4_K_M, UD-Q4_K_XL")
+    return tag.strip().upper()
+
+
 def split_tag(text: str) -> tuple[str, str | None]:
-    """``e4b:q8_0`` -> ("e4b", "Q8_0"); a tag that is not a quantization type is an error."""
+    """``e4b:q8_0`` -> ("e4b", "Q8_0"); a tag that is not a quantization type is an error.
+
+    A GGUF repo's name (``hf.co/ORG/REPO:TAG``) loses its host and keeps its tag as it is."""
+    gguf = is_gguf_name(text)
+    text = HF_HOST.sub("", text)
     if ":" not in text:
         return text, None
     base, tag = text.rsplit(":", 1)
+    if gguf:
+        return base, gguf_tag(tag)
     from quantize.llama_quant import parse_type
 
-    return base, parse_type(tag)
+    try:
+        return base, parse_type(tag)
+    except UsageError:
+        if base.count("/") == 1 and GGUF_TAG.match(tag):  # ORG/REPO:UD-Q4_K_XL: a GGUF repo's file tag
+            return base, gguf_tag(tag)
+        raise
 
 
 def _is_path(text: str) -> bool:
@@ -119,7 +164,16 @@ def parse(text: str, *, name: str | None = None) -> Ref:
     if _is_path(text) and (":" not in text or Path(text).expanduser().is_dir()):
         path = Path(text).expanduser()
         return Ref(check_name(name) if name else local_name(path), path=path)
+    gguf = is_gguf_name(text)
     base, quant = split_tag(text)
+    if not gguf and quant is not None and base.count("/") == 1:
+        from quantize.llama_quant import all_types
+
+        gguf = quant not in all_types()  # a tag no conversion makes: a GGUF repo's file
+    if gguf:
+        if base.count("/") != 1:
+            raise UsageError(f"{text}: a GGUF repo is hf.co/ORG/REPO[:QUANT]")
+        return Ref(check_name(base), quant=quant, repo=base, gguf=True)
     if _is_path(base):
         path = Path(base).expanduser()
         return Ref(check_name(name) if name else local_name(path), quant=quant, path=path)

@@ -57,6 +57,7 @@ MIX = {
     "Q3_K_M": Mix("Q3_K", "Q4_K/Q5_K", "Q4_K", "Q4_K", "Q6_K"),
     "Q3_K_L": Mix("Q3_K", "Q5_K", "Q5_K", "Q5_K", "Q6_K"),
     "Q4_0": Mix("Q4_0", "Q4_0", "Q4_0", "Q4_0", "Q6_K"),
+    "Q4_0_QAT": Mix("Q4_0", "Q4_0", "Q4_0", "Q4_0", "Q6_K"),  # g4's QAT-aware Q4_0: "pure", embeddings Q6_K
     "Q4_1": Mix("Q4_1", "Q4_1", "Q4_1", "Q4_1", "Q6_K"),
     "Q4_K_S": Mix("Q4_K", "Q5_K", "Q4_K", "Q4_K", "Q6_K"),
     "Q4_K_M": Mix("Q4_K", "Q4_K/Q6_K", "Q4_K", "Q4_K/Q6_K", "Q6_K"),
@@ -166,7 +167,7 @@ def tensor_bytes(hp: Layout, quant: str, source_type: str) -> list[tuple[str, in
     roles, n_v = _text_roles(hp)
     L = hp.n_layer
     mix = MIX.get(quant)
-    moe = hp.n_expert >= 8 and mix is not None and quant != "MXFP4_MOE"
+    moe = hp.n_expert >= 8 and mix is not None and quant not in ("MXFP4_MOE", "Q4_0_QAT")  # Q4_0_QAT: "pure"
     out = []
     for name, role, n, i, layer in roles:
         if role == "float":

@@ -88,6 +88,13 @@ class TensorInfo:
 
 def read_tensors(path: Path | str) -> tuple[dict[str, Any], list[TensorInfo]]:
     """Every scalar and string key (arrays skipped) and every tensor's description."""
+    values, tensors, _ = read_header(path)
+    return values, tensors
+
+
+def read_header(path: Path | str) -> tuple[dict[str, Any], list[TensorInfo], int]:
+    """``read_tensors`` plus where the header ends (the tensor data starts at the next
+    ``general.alignment`` boundary, 32 by default)."""
     values: dict[str, Any] = {}
     tensors: list[TensorInfo] = []
     with open(path, "rb") as f:
@@ -110,4 +117,5 @@ def read_tensors(path: Path | str) -> tuple[dict[str, Any], list[TensorInfo]]:
                 raise ValueError(f"{path}: tensor {name!r} has {n_dims} dimensions")
             shape = tuple(_read(f, "<Q") for _ in range(n_dims))
             tensors.append(TensorInfo(name, shape, _read(f, "<I"), _read(f, "<Q")))
-    return values, tensors
+        end = f.tell()
+    return values, tensors, end

@@ -85,7 +85,7 @@ class Snapshot:
 
     @property
     def weights(self) -> list[RemoteFile]:
-        return [f for f in self.files if f.path.endswith(".safetensors")]
+        return [f for f in self.files if f.path.endswith((".safetensors", ".gguf"))]  # .gguf: GGUF repos
 
     def file(self, path: str) -> RemoteFile | None:
         return next((f for f in self.files if f.path == path), None)
@@ -211,7 +211,10 @@ def open_snapshot(repo: str, revision: str) -> Snapshot:
     if not info.sha:
         raise DownloadError(f"the Hub sent no commit for {repo}@{revision}")
     if not any(f.path.endswith(".safetensors") for f in files) or not any(f.path == "config.json" for f in files):
-        raise CheckpointError(f"{repo} has no config.json and .safetensors weights: not a checkpoint g4 can convert")
+        raise CheckpointError(
+            f"{repo} has no config.json and .safetensors weights: not a checkpoint g4 can convert",
+            hint=f"a repo of GGUF files? g4 pull hf.co/{repo}:QUANT",
+        )
     return Snapshot(repo, revision, info.sha, files)
 
 

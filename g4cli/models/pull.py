@@ -27,13 +27,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from g4cli.errors import DiskSpaceError, ModelBusy, UsageError
+from g4cli.errors import CheckpointError, DiskSpaceError, ModelBusy, UsageError
 from g4cli.models import catalog, store
 from g4cli.render import human_bytes, info, warn
 
 if TYPE_CHECKING:
     from g4cli.models.fit import DiskNeed, Estimate
     from quantize.checkpoint import Checkpoint
+    from quantize.gemma4 import Layout
 
 Progress = Callable[[str, int, int], None]
 
@@ -62,10 +63,14 @@ def pull(text: str, *, quant: str | None = None, name: str | None = None, **opti
 
     opts = PullOptions(**options)
     ref = catalog.parse(text, name=name)
-    qtype = parse_type(quant) if quant else None
+    qtype = (catalog.gguf_tag(quant) if ref.gguf else parse_type(quant)) if quant else None
     if qtype and ref.quant and qtype != ref.quant:
         raise UsageError(f"{text} asks for {ref.quant.lower()} but --quant says {qtype.lower()}")
-    qtype = qtype or ref.quant or catalog.DEFAULT_QUANT
+    if ref.gguf and not (qtype or ref.quant):
+        from g4cli.models.gguf_repo import default_tag
+
+        qtype = default_tag(ref, opts.revision)  # the repo's listing says which (Q4_K_M if it has it)
+    qtype = qtype or ref.quant or catalog.default_quant(ref)
     if ref.path is not None and (opts.revision or opts.remove_download):
         raise UsageError("--revision and --remove-download apply to models from the Hub, not to a directory")
     tag = f"{ref.name}:{qtype.lower()}"
@@ -118,6 +123,12 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
     from g4cli.render import ByteProgress
     from quantize.checkpoint import open_checkpoint, read_json
 
+    if ref.gguf:  # a repo of ready GGUF files: download, check, store (g4cli/models/gguf_repo.py)
+        from g4cli.models import gguf_repo
+
+        progress = ByteProgress()
+        with progress.running():
+            return gguf_repo.pull_into(ref, quant, tag, directory, opts, _with_test_pause(progress.update))
     snap = None
     if ref.path is not None:
         checkpoint = ref.path
@@ -127,7 +138,14 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
         to_fetch, cache = 0, store.store_root()
     else:
         assert ref.repo is not None
-        snap = hub.open_snapshot(ref.repo, opts.revision or "main")
+        try:
+            snap = hub.open_snapshot(ref.repo, opts.revision or "main")
+        except CheckpointError:  # ORG/REPO:QUANT of a repo of GGUF files (its name does not say so)
+            from g4cli.models import gguf_repo
+
+            if not gguf_repo.open_repo(ref.repo, opts.revision or "main").files:
+                raise
+            return _pull(dataclasses.replace(ref, gguf=True), quant, tag, directory, opts)
         why = f" (from the cache: {snap.offline})" if snap.offline else ""
         info(f"{tag}: {snap.repo} @ {snap.commit[:7]}{why}")
         hub.clean_orphans(snap)
@@ -207,7 +225,7 @@ def _convert(
     """Convert (and quantize) into ``directory``; returns the files written by role."""
     from quantize.checkpoint import open_checkpoint
     from quantize.converter import convert
-    from quantize.llama_quant import FLOAT_TYPES, quantize
+    from quantize.llama_quant import FLOAT_TYPES, QAT_TYPES, quantize
 
     directory.mkdir(parents=True, exist_ok=True)
     model = directory / store.MODEL_FILE
@@ -217,10 +235,17 @@ def _convert(
         dtype = dtype if dtype in FLOAT_TYPES else "F32"
         source = directory / f"source-{dtype}.gguf"
         result = convert(checkpoint, source, quant=dtype, threads=threads, on_progress=update)
-        quantize(source, model, quant, threads=threads, on_progress=lambda d, t: update("quantize", d, t))
+        if quant in QAT_TYPES:  # written from the checkpoint, not from the unquantized GGUF
+            result.qat = convert(checkpoint, model, quant=quant, mmproj_type=None, threads=threads).qat
+        else:
+            quantize(source, model, quant, threads=threads, on_progress=lambda d, t: update("quantize", d, t))
         files["source"] = source
     else:
         result = convert(checkpoint, model, quant=quant, threads=threads, on_progress=update)
+    if result.qat is not None:
+        from quantize.qat import summary
+
+        info(summary(result.qat))
     files["model"] = model
     if result.mmproj is not None:
         files["mmproj"] = directory / store.MMPROJ_FILE
@@ -246,7 +271,6 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
     """The manifest: what the model is, what it can do, and each file with its size and sha256."""
     from gguf import GGUFReader
 
-    from g4cli.models import fit
     from quantize.checkpoint import open_checkpoint
     from quantize.gemma4 import text_params
 
@@ -257,9 +281,21 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
         row = mix.setdefault(t.tensor_type.name, {"tensors": 0, "bytes": 0})
         row["tensors"] += 1
         row["bytes"] += int(t.n_bytes)
-    n_swa = sum(hp.is_swa)
     sizes = {role: p.stat().st_size for role, p in files.items()}
     written = dataclasses.replace(est, text=sizes["model"])  # the estimate with the real text file
+    mix = dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
+    return manifest_for(name, quant, files, capabilities(ckpt), hp, mix, written)
+
+
+def manifest_for(
+    name: str, quant: str, files: dict[str, Path], caps: dict[str, bool], hp: Layout, mix: dict, written: Estimate
+) -> dict[str, Any]:
+    """The manifest's fields (a converted model's, and a GGUF repo's: ``gguf_repo``); ``written``:
+    the estimate with the sizes of the files as written."""
+    from g4cli.models import fit
+
+    n_swa = sum(hp.is_swa)
+    sizes = {role: p.stat().st_size for role, p in files.items()}
     return {
         "format": store.MANIFEST_FORMAT,
         "name": name,
@@ -269,7 +305,7 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
         "files": {
             role: {"name": p.name, "size": sizes[role], "sha256": store.sha256_file(p)} for role, p in files.items()
         },
-        "capabilities": capabilities(ckpt),
+        "capabilities": caps,
         "architecture": {
             "arch": "gemma4",
             "layers": hp.n_layer,
@@ -287,14 +323,14 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
             "experts_used": hp.n_expert_used,
             "vocab": hp.vocab_size,
         },
-        "quant_mix": dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"])),
+        "quant_mix": mix,
         "memory": {  # a text chat at the default context (fit.Estimate.memory), from the files as written
-            "ctx": est.ctx,
+            "ctx": written.ctx,
             "weights": written.weights,
-            "ple": est.ple,
+            "ple": written.ple,
             "projector": sizes.get("mmproj", 0),  # loaded with the first image or audio
-            "kv_cache": est.kv_cache,
-            "compute": est.compute + fit.RUNTIME,
+            "kv_cache": written.kv_cache,
+            "compute": written.compute + fit.RUNTIME,
             "total": written.memory,
         },
     }

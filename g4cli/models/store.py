@@ -52,7 +52,7 @@ def _dirname(name: str) -> str:
 
 
 def _check_quant(quant: str) -> str:
-    if not quant or not all(c.isalnum() or c == "_" for c in quant):
+    if not quant or not all(c.isalnum() or c in "_-" for c in quant) or quant.startswith("-"):  # "-": UD-Q4_K_XL
         raise UsageError(f"invalid quantization tag {quant!r}")
     return quant
 
