@@ -241,3 +241,12 @@ def test_a_repo_with_neither_checkpoint_nor_gguf(hub, tmp_path, run_g4) -> None:
     r = run_g4("pull", "acme/empty")
     assert r.returncode == 1 and "no config.json and .safetensors weights" in r.err
     assert_nothing_stored()
+
+
+def test_remove_download_keeps_the_stored_files(hub, repos, run_g4) -> None:
+    r = run_g4("pull", f"hf.co/{REPO}:Q8_0", "--remove-download")
+    assert r.returncode == 0, r.err
+    cache = Path(os.environ["HF_HOME"]) / "hub" / f"models--{REPO.replace('/', '--')}"
+    assert not [p for p in (cache / "blobs").iterdir() if p.stat().st_size > 1_000_000]
+    model = store_dir("Q8_0") / "model.gguf"
+    assert sha256(model) == sha256(repos["good"] / f"{STEM}-Q8_0.gguf")

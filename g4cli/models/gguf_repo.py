@@ -162,8 +162,9 @@ def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any
     entry = store.entry(ref.name, quant)
     assert entry is not None
     info(f"pulled {entry.tag} ({human_bytes(entry.size)}) into {directory}")
-    if opts.remove_download:
+    if opts.remove_download:  # the store's hard links (or copies) keep the bytes
         download.remove_weights(snap)
+        info("removed the downloaded GGUF files from the Hugging Face cache")
     return entry
 
 
