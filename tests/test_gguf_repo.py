@@ -205,6 +205,7 @@ def test_choice_of_files() -> None:
     assert [f.path for f in c.parts] == sorted(split) and c.mmproj is not None and c.mmproj.path == "mmproj-F16.gguf"
     assert choose("r", files("m-Q4_K_M.gguf", "m-Q8_0.gguf"), None).tag == "Q4_K_M"
     assert choose("r", files("m-Q8_0.gguf"), None).mmproj is None
+    assert [f.path for f in choose("r", files("m-assistant-Q8_0.gguf", "m-Q8_0.gguf"), "Q8_0").parts] == ["m-Q8_0.gguf"]
     with pytest.raises(UsageError, match="several quantizations; say which: Q6_K, Q8_0"):
         choose("r", files("m-Q6_K.gguf", "m-Q8_0.gguf"), None)
     with pytest.raises(CheckpointError, match=r"split file Q8_0/m-Q8_0-00002-of-00003\.gguf is missing"):
