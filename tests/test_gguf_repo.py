@@ -251,3 +251,35 @@ def test_remove_download_keeps_the_stored_files(hub, repos, run_g4) -> None:
     assert not [p for p in (cache / "blobs").iterdir() if p.stat().st_size > 1_000_000]
     model = store_dir("Q8_0") / "model.gguf"
     assert sha256(model) == sha256(repos["good"] / f"{STEM}-Q8_0.gguf")
+
+
+def test_killed_mid_download_then_pulled_again_resumes(hub, repos, run_g4) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from conftest import g4_executable
+
+    name = f"{STEM}-Q8_0.gguf"
+    release = hub.stall(name, 3_000_000)
+    proc = subprocess.Popen([*g4_executable(), "pull", f"hf.co/{REPO}:Q8_0"], stderr=subprocess.DEVNULL)
+    partial = (
+        Path(os.environ["HF_HOME"]) / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+        / f"{hub.repos[REPO].files[name].sha256}.g4-partial"
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (partial.is_file() and partial.stat().st_size == 3_000_000):
+        assert time.monotonic() < deadline and proc.poll() is None, "g4 never got 3 MB into the file"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    release.set()
+    hub.heal()
+    assert not store_dir("Q8_0").joinpath("manifest.json").exists()
+    seen = len(hub.log)
+    r = run_g4("pull", f"hf.co/{REPO}:Q8_0")
+    assert r.returncode == 0, r.err
+    gets = [q for q in hub.log[seen:] if q.method == "GET" and q.file == name and q.status != 302]
+    assert [(q.range, q.status) for q in gets] == [("bytes=3000000-", 206)]
+    assert sha256(store_dir("Q8_0") / "model.gguf") == sha256(repos["good"] / name)
+    assert stray_files(Path(os.environ["G4_HOME"])) == [] and stray_files(Path(os.environ["HF_HOME"])) == []
