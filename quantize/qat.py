@@ -7,8 +7,8 @@ the block's largest-magnitude weight as code -8 (``d = max / -8``), so any block
 not reach -8 is put on another grid and rounded again. Here the grid is recovered per block:
 
 - the largest-magnitude weight ``w_m`` has code ``±k`` for some k in 1..8 (-8 only when negative);
-- each candidate scale ``bf16(|w_m| / k)`` and its BF16 neighbours (``bf16(s*q)`` is rounded,
-  so the quotient can miss ``s`` by an ulp) is tried, the largest k first;
+- each candidate scale ``bf16(|w_m| / k)`` is tried, the largest k first, then (for the blocks
+  left) its BF16 neighbours (``bf16(s*q)`` is rounded, so the quotient can miss ``s`` by an ulp);
 - a candidate holds when every code ``rint(w / s)`` lies in [-8, 7] and ``bf16(s * q) == w`` for
   all 32 weights.
 
@@ -48,6 +48,12 @@ def bf16(x: np.ndarray) -> np.ndarray:
     return bits.view(np.float32).reshape(np.shape(x))
 
 
+def _bf16_fast(x: np.ndarray) -> np.ndarray:
+    """``bf16`` for finite values (the search's hot path: no NaN handling, no reshapes)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + (0x7FFF + ((bits >> 16) & 1))) & np.uint32(0xFFFF0000)).view(np.float32)
+
+
 def _bf16_step(s: np.ndarray, steps: int) -> np.ndarray:
     """``s`` (positive BF16 values) moved by ``steps`` BF16 ulps."""
     bits = (s.view(np.uint32) >> 16).astype(np.int64) + steps
@@ -62,16 +68,17 @@ def find_grid(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     found = ~blocks.any(axis=1)  # an all-zero block: scale 0
     amax = np.abs(blocks).max(axis=1)
     negative = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None], axis=1)[:, 0] < 0
-    for k in CANDIDATE_CODES:
-        for step in ULP_STEPS:
+    # every code with the quotient as it is first (most blocks), then the BF16 neighbours
+    for step in ULP_STEPS:
+        for k in CANDIDATE_CODES:
             todo = np.flatnonzero(~found & (negative | (k < 8)))  # +8 is not a code
             if not todo.size:
                 return scale, codes, found
             s = _bf16_step(bf16(amax[todo] / k), step)
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 q = np.rint(blocks[todo] / s[:, None])
             ok = (s > 0) & np.all((q >= -8) & (q <= 7), axis=1)
-            ok &= np.all(bf16(s[:, None] * q) == blocks[todo], axis=1)
+            ok &= np.all(_bf16_fast(s[:, None] * q) == blocks[todo], axis=1)
             hit = todo[ok]
             scale[hit], codes[hit], found[hit] = s[ok], q[ok].astype(np.int8), True
     return scale, codes, found

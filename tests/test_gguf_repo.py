@@ -205,6 +205,7 @@ def test_choice_of_files() -> None:
     assert [f.path for f in c.parts] == sorted(split) and c.mmproj is not None and c.mmproj.path == "mmproj-F16.gguf"
     assert choose("r", files("m-Q4_K_M.gguf", "m-Q8_0.gguf"), None).tag == "Q4_K_M"
     assert choose("r", files("m-Q8_0.gguf"), None).mmproj is None
+    assert [f.path for f in choose("r", files("m-assistant-Q8_0.gguf", "m-Q8_0.gguf"), "Q8_0").parts] == ["m-Q8_0.gguf"]
     with pytest.raises(UsageError, match="several quantizations; say which: Q6_K, Q8_0"):
         choose("r", files("m-Q6_K.gguf", "m-Q8_0.gguf"), None)
     with pytest.raises(CheckpointError, match=r"split file Q8_0/m-Q8_0-00002-of-00003\.gguf is missing"):
@@ -241,3 +242,44 @@ def test_a_repo_with_neither_checkpoint_nor_gguf(hub, tmp_path, run_g4) -> None:
     r = run_g4("pull", "acme/empty")
     assert r.returncode == 1 and "no config.json and .safetensors weights" in r.err
     assert_nothing_stored()
+
+
+def test_remove_download_keeps_the_stored_files(hub, repos, run_g4) -> None:
+    r = run_g4("pull", f"hf.co/{REPO}:Q8_0", "--remove-download")
+    assert r.returncode == 0, r.err
+    cache = Path(os.environ["HF_HOME"]) / "hub" / f"models--{REPO.replace('/', '--')}"
+    assert not [p for p in (cache / "blobs").iterdir() if p.stat().st_size > 1_000_000]
+    model = store_dir("Q8_0") / "model.gguf"
+    assert sha256(model) == sha256(repos["good"] / f"{STEM}-Q8_0.gguf")
+
+
+def test_killed_mid_download_then_pulled_again_resumes(hub, repos, run_g4) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from conftest import g4_executable
+
+    name = f"{STEM}-Q8_0.gguf"
+    release = hub.stall(name, 3_000_000)
+    proc = subprocess.Popen([*g4_executable(), "pull", f"hf.co/{REPO}:Q8_0"], stderr=subprocess.DEVNULL)
+    partial = (
+        Path(os.environ["HF_HOME"]) / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+        / f"{hub.repos[REPO].files[name].sha256}.g4-partial"
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (partial.is_file() and partial.stat().st_size == 3_000_000):
+        assert time.monotonic() < deadline and proc.poll() is None, "g4 never got 3 MB into the file"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    release.set()
+    hub.heal()
+    assert not store_dir("Q8_0").joinpath("manifest.json").exists()
+    seen = len(hub.log)
+    r = run_g4("pull", f"hf.co/{REPO}:Q8_0")
+    assert r.returncode == 0, r.err
+    gets = [q for q in hub.log[seen:] if q.method == "GET" and q.file == name and q.status != 302]
+    assert [(q.range, q.status) for q in gets] == [("bytes=3000000-", 206)]
+    assert sha256(store_dir("Q8_0") / "model.gguf") == sha256(repos["good"] / name)
+    assert stray_files(Path(os.environ["G4_HOME"])) == [] and stray_files(Path(os.environ["HF_HOME"])) == []

@@ -108,8 +108,7 @@ def test_an_injected_bug_fails_the_exactness_check(
 ) -> None:
     """Without the BF16-neighbour search (the quotient |w_m|/k taken as the scale as it is), blocks
     whose largest weight was rounded fall back: the exactness check above catches it."""
-    monkeypatch.setattr(qat, "ULP_STEPS", (0,))
-    monkeypatch.setattr(qat, "CANDIDATE_CODES", (8,))  # and only code -8 for the largest weight
+    monkeypatch.setattr(qat, "ULP_STEPS", (0,))  # ~11 % of this checkpoint's blocks need a neighbour
     out = tmp_path / "broken.gguf"
     result = convert(qat_checkpoint, out, quant="q4_0_qat", mmproj_type=None)
     assert result.qat is not None and result.qat.off_grid > 0

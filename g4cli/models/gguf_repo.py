@@ -30,11 +30,12 @@ Progress = Callable[[str, int, int], None]
 SPLIT = re.compile(r"-(\d{5})-of-(\d{5})$")
 QUANT_SUFFIX = re.compile(r"(?:^|[-_.])((?:UD-)?(?:I?Q\d(?:_[0-9A-Z]+)*|BF16|F16|F32|MXFP4(?:_MOE)?))$", re.IGNORECASE)
 DEFAULT_TAG = "Q4_K_M"
+DRAFTER = re.compile(r"assistant|draft|mtp", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    tag: str  # as the repo spells it
+    tag: str  # upper-cased, as g4 stores it
     parts: list[RemoteFile]  # the text model (its splits in order)
     mmproj: RemoteFile | None
 
@@ -84,6 +85,9 @@ def choose(repo: str, files: list[RemoteFile], tag: str | None) -> Choice:
 
 def _whole_split(repo: str, parts: list[RemoteFile]) -> list[RemoteFile]:
     """One file, or every split of one model in order; a missing split is an error."""
+    if len(parts) > 1:  # a drafter beside the model (issue 13's assistant models) is not the model
+        main = [p for p in parts if not DRAFTER.search(Path(p.path).name)]
+        parts = main or parts
     m = SPLIT.search(parts[0].path[: -len(".gguf")])
     if not m:
         if len(parts) > 1:
@@ -162,8 +166,9 @@ def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any
     entry = store.entry(ref.name, quant)
     assert entry is not None
     info(f"pulled {entry.tag} ({human_bytes(entry.size)}) into {directory}")
-    if opts.remove_download:
+    if opts.remove_download:  # the store's hard links (or copies) keep the bytes
         download.remove_weights(snap)
+        info("removed the downloaded GGUF files from the Hugging Face cache")
     return entry
 
 

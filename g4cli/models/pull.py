@@ -236,7 +236,9 @@ def _convert(
         source = directory / f"source-{dtype}.gguf"
         result = convert(checkpoint, source, quant=dtype, threads=threads, on_progress=update)
         if quant in QAT_TYPES:  # written from the checkpoint, not from the unquantized GGUF
-            result.qat = convert(checkpoint, model, quant=quant, mmproj_type=None, threads=threads).qat
+            result.qat = convert(
+                checkpoint, model, quant=quant, mmproj_type=None, threads=threads, on_progress=update
+            ).qat
         else:
             quantize(source, model, quant, threads=threads, on_progress=lambda d, t: update("quantize", d, t))
         files["source"] = source

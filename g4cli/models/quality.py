@@ -84,6 +84,14 @@ def compare(model: Path, reference: Path, *, text: str | None = None, window: in
     """The report for ``model`` against ``reference`` (both GGUF paths) over ``text``."""
     text = calibration_text() if text is None else text
     q, ref = _load(model, window, threads), _load(reference, window, threads)
+    try:
+        return _score(q, ref, text, window, model, reference)
+    finally:
+        q.close()
+        ref.close()
+
+
+def _score(q, ref, text: str, window: int, model: Path, reference: Path) -> Report:
     tokens = ref.tokenize(text.encode("utf-8"), add_bos=False, special=False)
     if q.n_vocab() != ref.n_vocab() or q.tokenize(text.encode("utf-8"), add_bos=False, special=False) != tokens:
         raise UsageError(f"{model.name} and {reference.name} have different vocabularies: not the same model")
