@@ -315,6 +315,7 @@ def plan(
         for d, f in zip(uses, free, strict=True):
             d.free = f
         base.n_gpu_layers, base.devices, base.tensor_split = n, uses, tensor_split
+        base.projector_gpu = n > 0  # as before auto: the projector follows the layers
         return _with_cpu(base, sizing)
     for n in range(shape.units, 0, -1):
         if tensor_split:  # the user's proportions, as many units as they allow
