@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from g4cli.chat.runtime import offload
@@ -154,6 +155,7 @@ def _probe(model: Path, endpoints: str, free_mb: list[int]) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.skipif(not llama_cpp.llama_supports_rpc(), reason="llama.cpp built without RPC")
 @pytest.mark.parametrize("family", ["e2b", "31b"])
 def test_llama_allocates_what_the_plan_says(family: str, gguf: Callable, servers) -> None:
     """Free memory for two or three units on one device, one or two on the other: llama.cpp's
