@@ -142,7 +142,7 @@ def test_server_killed_mid_answer_is_one_error(gguf: Callable, run_g4: Callable,
     code, lines, took = _finish(proc, within=30)
     assert code == 1
     assert lines == [lines[0]] and lines[0].startswith("Error: the RPC server ")
-    assert servers[1].endpoint in lines[0] and "went away mid-answer" in lines[0]
+    assert servers[1].endpoint in lines[0] and "went away" in lines[0]
     assert took < 30
     assert servers[0].alive()
     again = answer(run_g4, gguf("31b", "Q8_0"), "--rpc", servers[0].endpoint, "--gpu-layers", "99")
