@@ -35,7 +35,8 @@ app = typer.Typer(
         "  g4 serve e4b                              # OpenAI + Ollama APIs on :11435\n"
         "  g4 list; g4 show e4b; g4 rm e4b\n"
         "  g4 convert ./gemma-4-E2B-it --quant q8_0  # a local checkpoint -> GGUF\n"
-        "  g4 doctor                                 # check this install, no download"
+        "  g4 doctor                                 # check this install (and its GPUs), no download\n"
+        "  g4 rpc-server                             # lend this machine's GPUs to g4 chat --rpc"
     ),
     no_args_is_help=True,
     add_completion=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import llama_cpp  # noqa: F401  -- before numpy
 
-from g4cli.chat.runtime import offload, rpc
+from g4cli.chat.runtime import dryrun, offload, rpc
 from g4cli.chat.runtime.devices import offload_devices
 from g4cli.chat.runtime.llama_log import LOG
 from g4cli.chat.runtime.model import Model
@@ -31,7 +31,18 @@ def main() -> None:
     devices = offload_devices()
     free = [d.free for d in devices] if free_mb == "real" else [int(x) * 2**20 for x in free_mb.split(",")]
     shape = offload.shape_from_gguf(model)
-    p = offload.plan(shape, [(d.name, f) for d, f in zip(devices, free, strict=True)], ctx=ctx, n_ubatch=512)
+    named = [(d.name, f) for d, f in zip(devices, free, strict=True)]
+    estimate = offload.plan(shape, named, ctx=ctx, n_ubatch=512)
+
+    def make(measured: dict[str, int]) -> offload.Plan:
+        return offload.plan(shape, named, ctx=ctx, n_ubatch=512, measured=measured)
+
+    def measure(p: offload.Plan) -> dict[str, int]:
+        return dryrun.compute_buffers(
+            model, p, devices, n_ctx=ctx, n_seq=1, n_ubatch=512, flash_attn="on", kv_type="f16"
+        )
+
+    p = offload.refine(make, measure)
     LOG.lines.clear()
     with Model(model, n_ctx=ctx, n_gpu_layers=p.n_gpu_layers, n_ubatch=512, offload=p, flash_attn="on"):
         pass
@@ -50,6 +61,7 @@ def main() -> None:
         json.dumps(
             {
                 "plan": {"n_gpu_layers": p.n_gpu_layers, "units": p.units, "summary": p.summary()},
+                "estimate": {"n_gpu_layers": estimate.n_gpu_layers},
                 "devices": [
                     {"name": d.name, "units": d.units, "weights": d.weights, "kv": d.kv, "compute": d.compute}
                     for d in p.devices

@@ -25,7 +25,9 @@ class Server:
     def __init__(self) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [*g4_executable(), "rpc-server", "--port", str(self.port), "--threads", "1"],
+            # the client's thread count (both default to the physical cores): llama.cpp's CPU results
+            # for a long ubatch (an image) differ with the number of threads, not with the hop
+            [*g4_executable(), "rpc-server", "--port", str(self.port)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

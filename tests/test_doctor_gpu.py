@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from g4cli import gpu_report
@@ -40,9 +41,10 @@ def test_cpu_only_build_on_a_machine_without_gpu(run_g4: Callable) -> None:
     r = run_g4("doctor")
     assert r.returncode == 0, r.out
     lines = {line.split()[1]: line for line in r.out.splitlines()}
-    assert "CPU only (no GPU backend); RPC (g4 rpc-server, --rpc)" in lines["llama.cpp"]
+    rpc = llama_cpp.llama_supports_rpc()  # CI builds with it (tests/run)
+    assert "CPU only (no GPU backend)" + ("; RPC (g4 rpc-server, --rpc)" if rpc else "") in lines["llama.cpp"]
     assert lines["GPU"].split(None, 2)[2] == (
-        "backends: RPC, CPU; llama.cpp devices: none (CPU only); machine GPUs: none found"
+        f"backends: {'RPC, ' if rpc else ''}CPU; llama.cpp devices: none (CPU only); machine GPUs: none found"
     )
 
 
@@ -85,3 +87,15 @@ def test_apple_silicon_without_metal(monkeypatch: pytest.MonkeyPatch) -> None:
         "an Apple GPU is present but llama.cpp was built without Metal: reinstall with "
         'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'
     ]
+
+
+def test_a_build_without_rpc_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What --rpc and rpc-server say on a llama-cpp-python built without -DGGML_RPC=on (faked)."""
+    from g4cli.chat.runtime import rpc
+    from g4cli.errors import RuntimeFailure
+
+    monkeypatch.setattr(llama_cpp, "llama_supports_rpc", lambda: False)
+    with pytest.raises(RuntimeFailure) as e:
+        rpc.connect(rpc.parse_endpoints("127.0.0.1:50052"))
+    assert e.value.message == "this llama-cpp-python was built without RPC support"
+    assert e.value.hint == rpc.REBUILD_HINT and "-DGGML_RPC=on" in e.value.hint

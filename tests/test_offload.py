@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from g4cli.chat.runtime import offload
@@ -154,11 +155,14 @@ def _probe(model: Path, endpoints: str, free_mb: list[int]) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.skipif(not llama_cpp.llama_supports_rpc(), reason="llama.cpp built without RPC")
 @pytest.mark.parametrize("family", ["e2b", "31b"])
 def test_llama_allocates_what_the_plan_says(family: str, gguf: Callable, servers) -> None:
     """Free memory for two or three units on one device, one or two on the other: llama.cpp's
     model and KV buffers on each RPC device are the plan's to the byte (its log has 0.01 MiB),
-    its offloaded count is the plan's. Compute buffers are estimated (RESERVE covers them here)."""
+    its offloaded count is the plan's, and so is its compute buffer: the estimate's, corrected by
+    llama.cpp's dry run (no_alloc) until it covers what llama.cpp reserves; with the correction the
+    plan holds fewer units than the estimate alone would have put there."""
     model = gguf(family, "Q8_0")
     shape = offload.shape_from_gguf(model)
     top = [shape.units - 1 - i for i in range(4)]  # the units offloaded first: the output, the last layers
@@ -170,6 +174,7 @@ def test_llama_allocates_what_the_plan_says(family: str, gguf: Callable, servers
     out = _probe(model, servers_spec, free)
     plan = out["plan"]
     assert 0 < plan["n_gpu_layers"] < plan["units"]
+    assert plan["n_gpu_layers"] < out["estimate"]["n_gpu_layers"]  # the tiny model's graphs outgrow the estimate
     assert out["offloaded"].endswith(f"offloaded {plan['n_gpu_layers']}/{plan['units']} layers to GPU")
     for d in out["devices"]:
         if not d["units"]:
@@ -178,7 +183,7 @@ def test_llama_allocates_what_the_plan_says(family: str, gguf: Callable, servers
         got = out["llama"][d["name"]]
         assert got["model"] == pytest.approx(d["weights"] / mib, abs=0.006)
         assert got.get("KV", 0.0) == pytest.approx(d["kv"] / mib, abs=0.006)
-        assert got["compute"] * mib <= d["compute"] + offload.RESERVE
+        assert got["compute"] <= d["compute"] / mib + 0.02  # covered: the estimate or the dry run's figure
     everything = _probe(model, servers_spec, [4096, 4096])
     assert everything["plan"]["n_gpu_layers"] == everything["plan"]["units"]
     weights = {d["name"]: d["weights"] / mib for d in everything["devices"]}

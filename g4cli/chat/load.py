@@ -39,12 +39,13 @@ def open_model(choice: Choice, options: LoadOptions, *, n_seq: int = 1) -> Model
 def plan_offload(choice: Choice, options: LoadOptions, n_seq: int = 1) -> Plan | None:
     """Where the layers go (``--gpu-layers auto`` or a number, over the devices llama.cpp will
     use); None on a machine with no GPU or RPC device: nothing changes there."""
-    from g4cli.chat.runtime import offload
+    from g4cli.chat.runtime import dryrun, offload
     from g4cli.chat.runtime.devices import offload_devices
     from g4cli.models.catalog import DEFAULT_CTX
     from g4cli.models.fit import mem_available
 
-    devices = [(d.name, d.free) for d in offload_devices()]
+    found = offload_devices()
+    devices = [(d.name, d.free) for d in found]
     if not devices:
         return None
     shape = offload.shape_from_gguf(choice.gguf, choice.mmproj)
@@ -52,21 +53,33 @@ def plan_offload(choice: Choice, options: LoadOptions, n_seq: int = 1) -> Plan |
     if choice.mmproj is not None and "vision" in projector_capabilities(choice.mmproj):
         if non_causal_images(choice.mmproj, shape.n_embd):
             n_ubatch = max(n_ubatch, options.image_tokens or DEFAULT_IMAGE_TOKENS)
-    return offload.choose(
-        shape,
-        devices,
-        ctx=options.ctx,
-        default_ctx=min(DEFAULT_CTX, shape.n_ctx_train or DEFAULT_CTX),
-        host_free=mem_available(),
-        n_seq=n_seq,
-        kv_type=options.kv_type,
-        flash_attn=options.flash_attn != "off",
-        gpu_layers=options.gpu_layers,
-        split_mode=options.split_mode,
-        tensor_split=list(options.tensor_split) or None,
-        main_gpu=options.main_gpu,
-        n_ubatch=n_ubatch,
-    )
+    settings = {
+        "n_seq": n_seq,
+        "kv_type": options.kv_type,
+        "flash_attn": options.flash_attn != "off",
+        "gpu_layers": options.gpu_layers,
+        "split_mode": options.split_mode,
+        "tensor_split": list(options.tensor_split) or None,
+        "main_gpu": options.main_gpu,
+        "n_ubatch": n_ubatch,
+    }
+
+    def make(measured: dict[str, int]) -> Plan:
+        default_ctx = min(DEFAULT_CTX, shape.n_ctx_train or DEFAULT_CTX)
+        return offload.choose(
+            shape, devices, ctx=options.ctx, default_ctx=default_ctx, host_free=mem_available(), measured=measured,
+            **settings,
+        )  # fmt: skip
+
+    def measure(p: Plan) -> dict[str, int]:
+        return dryrun.compute_buffers(
+            choice.gguf, p, found, n_ctx=p.ctx * n_seq, n_seq=n_seq, n_ubatch=n_ubatch,
+            flash_attn=options.flash_attn, kv_type=options.kv_type,
+        )  # fmt: skip
+
+    if options.gpu_layers is not None:  # a number: llama.cpp places it; the plan only describes it
+        return make({})
+    return offload.refine(make, measure)
 
 
 @contextlib.contextmanager

@@ -1,12 +1,14 @@
 """The ggml calls llama-cpp-python does not bind: the device list and the RPC backend.
 
 Signatures from the vendored ggml/include/ggml-backend.h, ggml-rpc.h and ggml.h (0.3.36). The
-libraries are the ones llama_cpp loaded (same directory, so the same process-wide registry).
-``rpc`` is None when the build has no libggml-rpc (llama-cpp-python built without -DGGML_RPC=on).
+functions are looked up through libllama's handle, so they are those of the very libggml copy
+libllama uses (one device registry). ``rpc`` is None when the build has no RPC backend
+(llama-cpp-python built without -DGGML_RPC=on).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import re
 from pathlib import Path
@@ -24,27 +26,26 @@ DEV_TYPE_NAMES = {DEV_CPU: "CPU", DEV_GPU: "GPU", DEV_IGPU: "iGPU", DEV_ACCEL: "
 ABORT_CALLBACK = ctypes.CFUNCTYPE(None, STR)
 
 
-def _mapped() -> list[str]:
-    """Files this process has mapped (Linux): the exact libggml copies libllama was linked to."""
+def _through_llama() -> ctypes.CDLL | None:
+    """libllama's own handle, anew: dlsym through it searches the libraries libllama was linked
+    to, so the ggml found is exactly libllama's. The wheel ships libggml.so, .so.0 and .so.0.x
+    as separate copies (not links): opening another copy gives a second device registry, one
+    llama.cpp never sees (measured: RPC devices registered there took no layers)."""
     try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            return [line.split(None, 5)[-1].strip() for line in f if "/" in line]
-    except OSError:
-        return []
+        lib = ctypes.CDLL(llama_cpp.llama_cpp._lib._name)
+        lib.ggml_backend_dev_count  # noqa: B018  -- resolvable through it (POSIX), else None
+    except (AttributeError, OSError):
+        return None
+    return lib
 
 
 def _load(name: str) -> ctypes.CDLL | None:
-    """The library libllama uses. The wheel ships libggml.so, .so.0 and .so.0.x as separate
-    copies (not links); opening another copy than libllama's gives a second device registry
-    that llama.cpp never sees."""
-    pattern = re.compile(rf"lib{re.escape(name)}(\.so[.\d]*|\.[.\d]*dylib|\.dll)$")
-    loaded = [p for p in dict.fromkeys(_mapped()) if pattern.search(Path(p).name)]
-    candidates = loaded or sorted(str(p) for p in LIB.iterdir() if pattern.search(p.name))
-    for candidate in candidates:
-        try:
-            return ctypes.CDLL(candidate)
-        except OSError:
-            continue
+    """A library beside llama_cpp by name (Windows: GetProcAddress does not search dependencies)."""
+    pattern = re.compile(rf"(lib)?{re.escape(name)}(\.so[.\d]*|\.[.\d]*dylib|\.dll)$")
+    for candidate in sorted(LIB.iterdir()):
+        if pattern.match(candidate.name):
+            with contextlib.suppress(OSError):
+                return ctypes.CDLL(str(candidate))
     return None
 
 
@@ -54,9 +55,12 @@ def _declare(lib: ctypes.CDLL, table: dict[str, tuple[list, object]]) -> None:
         f.argtypes, f.restype = args, res
 
 
-ggml = _load("ggml")  # the registry: ggml-backend-reg.cpp
-base = _load("ggml-base")  # the device and backend objects: ggml-backend.cpp, ggml.c
-rpc = _load("ggml-rpc")
+_llama = _through_llama()
+ggml = _llama or _load("ggml")  # the registry: ggml-backend-reg.cpp
+base = _llama or _load("ggml-base")  # the device and backend objects: ggml-backend.cpp, ggml.c
+rpc = _llama if _llama is not None and hasattr(_llama, "ggml_backend_rpc_add_server") else None
+if rpc is None and _llama is None:
+    rpc = _load("ggml-rpc")
 if ggml is None or base is None:  # never on a working llama-cpp-python install
     raise ImportError(f"libggml not found beside llama_cpp in {LIB}")
 

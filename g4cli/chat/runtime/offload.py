@@ -15,12 +15,16 @@ llama.cpp's rules, which the plan follows exactly (llama-model.cpp ``load_tensor
 
 The sizes come from the fit estimate's arithmetic (``g4cli.models.fit``) for a config, or from
 the GGUF's own tensor table for a file; the plan checks each device's share against its free
-memory less ``RESERVE``. On a machine without GPU or RPC devices there is nothing to plan:
-``auto`` is 0 layers and the context is chosen as before.
+memory less ``RESERVE``. Weights and KV are exact (tests/test_offload.py: to llama.cpp's
+0.01 MiB); the compute buffers are not (the graph allocator's reuse), so ``refine`` asks
+llama.cpp for them with a dry run (``dryrun.py``) and plans again where they are larger. On a
+machine without GPU or RPC devices there is nothing to plan: ``auto`` is 0 layers and the context
+is chosen as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -226,27 +230,57 @@ def assign(n: int, fractions: list[float]) -> list[int]:
     return counts
 
 
-def _fill(
-    shape: Shape, names: list[str], free: list[int], counts: list[int], cells: int, kv_type: str, flash_attn: bool,
-    n_ubatch: int,
-) -> list[DeviceUse] | None:  # fmt: skip
-    """Each device's share for ``counts`` (None when one does not fit in its free memory)."""
-    n = sum(counts)
-    start = shape.units - n
-    last = max((i for i, c in enumerate(counts) if c), default=-1)
-    out, u = [], start
-    for i, (name, f, c) in enumerate(zip(names, free, counts, strict=True)):
-        d = DeviceUse(name, f, c)
-        for unit in range(u, u + c):
-            d.weights += shape.unit_weights(unit)
-            d.kv += shape.kv_bytes(unit, cells, kv_type, flash_attn)
-        u += c
-        if c:
-            d.compute = shape.compute(n_ubatch, holds_output=i == last)
-            if d.used + RESERVE > f:
-                return None
-        out.append(d)
-    return out
+@dataclass(frozen=True)
+class _Sizing:
+    """The per-unit and per-device sizes of one planning pass."""
+
+    shape: Shape
+    cells: int
+    kv_type: str
+    flash_attn: bool
+    n_ubatch: int
+    measured: dict[str, int]  # device -> compute buffer llama.cpp reported for it (refine())
+
+    def need(self, unit: int) -> int:
+        return self.shape.unit_weights(unit) + self.shape.kv_bytes(unit, self.cells, self.kv_type, self.flash_attn)
+
+    def compute(self, name: str, holds_output: bool) -> int:
+        return max(self.shape.compute(self.n_ubatch, holds_output), self.measured.get(name, 0))
+
+    def fill(self, names: list[str], free: list[int], counts: list[int]) -> list[DeviceUse] | None:
+        """Each device's share for ``counts`` (None when one does not fit in its free memory)."""
+        shape = self.shape
+        last = max((i for i, c in enumerate(counts) if c), default=-1)
+        out, u = [], shape.units - sum(counts)
+        for i, (name, f, c) in enumerate(zip(names, free, counts, strict=True)):
+            d = DeviceUse(name, f, c)
+            for unit in range(u, u + c):
+                d.weights += shape.unit_weights(unit)
+                d.kv += shape.kv_bytes(unit, self.cells, self.kv_type, self.flash_attn)
+            u += c
+            if c:
+                d.compute = self.compute(name, holds_output=i == last)
+                if d.used + RESERVE > f:
+                    return None
+            out.append(d)
+        return out
+
+    def greedy(self, names: list[str], free: list[int], n: int) -> list[int]:
+        """Fill the devices in order, each with as many of the last ``n`` units as it holds (the
+        output unit's logits counted on whichever device ends up with it)."""
+        units = self.shape.units
+        counts, u = [], units - n
+        for name, f in zip(names, free, strict=True):
+            c, used = 0, 0
+            while u + c < units:
+                compute = self.compute(name, holds_output=u + c == units - 1)
+                if used + self.need(u + c) + compute + RESERVE > f:
+                    break
+                used += self.need(u + c)
+                c += 1
+            counts.append(c)
+            u += c
+        return counts if u == units else []
 
 
 def plan(
@@ -262,61 +296,39 @@ def plan(
     split_mode: str = "layer",
     tensor_split: list[float] | None = None,
     main_gpu: int = 0,
+    measured: dict[str, int] | None = None,
 ) -> Plan:
     """The most units that fit on ``devices`` ((name, free bytes), llama.cpp's order) at ``ctx``
-    tokens per sequence; with ``gpu_layers`` given, that many, placed as llama.cpp will."""
+    tokens per sequence; with ``gpu_layers`` given, that many, placed as llama.cpp will.
+    ``measured``: compute buffers llama.cpp reported for a previous plan (used where larger)."""
     if split_mode == "none" and devices:
         devices = [devices[main_gpu]]  # llama.cpp keeps only the main GPU
         tensor_split = None
     names, free = [n for n, _ in devices], [f for _, f in devices]
-    cells = ctx * n_seq
+    sizing = _Sizing(shape, ctx * n_seq, kv_type, flash_attn, n_ubatch, measured or {})
     base = Plan(0, ctx, shape.units, [DeviceUse(n, f) for n, f in devices], None, split_mode, main_gpu)
     if not devices:
-        return _with_cpu(base, shape, cells, kv_type, flash_attn)
+        return _with_cpu(base, sizing)
     if gpu_layers is not None:  # what llama.cpp does with a number: the split by free memory or as told
         n = min(gpu_layers, shape.units)
-        counts = assign(n, tensor_split or [float(f) for f in free])
-        uses = _fill(shape, names, [2**62] * len(names), counts, cells, kv_type, flash_attn, n_ubatch)
+        uses = sizing.fill(names, [2**62] * len(names), assign(n, tensor_split or [float(f) for f in free]))
         for d, f in zip(uses, free, strict=True):
             d.free = f
         base.n_gpu_layers, base.devices, base.tensor_split = n, uses, tensor_split
-        return _with_cpu(base, shape, cells, kv_type, flash_attn)
-    budgets = [float(f) for f in free]
+        base.projector_gpu = n > 0  # as before auto: the projector follows the layers
+        return _with_cpu(base, sizing)
     for n in range(shape.units, 0, -1):
         if tensor_split:  # the user's proportions, as many units as they allow
             tries = [assign(n, tensor_split)]
         else:  # spread by free memory, as llama.cpp's default; failing that, fill in device order
-            tries = [assign(n, budgets), _greedy(shape, free, n, cells, kv_type, flash_attn, n_ubatch)]
+            tries = [assign(n, [float(f) for f in free]), sizing.greedy(names, free, n)]
         for counts in tries:
-            uses = counts and _fill(shape, names, free, counts, cells, kv_type, flash_attn, n_ubatch)
+            uses = counts and sizing.fill(names, free, counts)
             if uses:
                 base.n_gpu_layers, base.devices = n, uses
                 base.tensor_split = tensor_split or [float(c) for c in counts]
-                return _with_cpu(_projector(base, shape), shape, cells, kv_type, flash_attn)
-    return _with_cpu(base, shape, cells, kv_type, flash_attn)
-
-
-def _greedy(
-    shape: Shape, free: list[int], n: int, cells: int, kv_type: str, flash_attn: bool, n_ubatch: int
-) -> list[int]:
-    """Fill the devices in order, each with as many of the ``n`` units as it holds (the output
-    unit's logits counted on whichever device ends up with it)."""
-    counts, u = [], shape.units - n
-    for i, f in enumerate(free):
-        c, used = 0, 0
-        while u + c < shape.units:
-            unit = u + c
-            need = shape.unit_weights(unit) + shape.kv_bytes(unit, cells, kv_type, flash_attn)
-            holds_output = unit == shape.units - 1
-            if used + need + shape.compute(n_ubatch, holds_output) + RESERVE > f:
-                break
-            used += need
-            c += 1
-        if i == len(free) - 1 and u + c < shape.units:
-            return []
-        counts.append(c)
-        u += c
-    return counts if u == shape.units else []
+                return _with_cpu(_projector(base, shape), sizing)
+    return _with_cpu(base, sizing)
 
 
 def _projector(p: Plan, shape: Shape) -> Plan:
@@ -328,9 +340,8 @@ def _projector(p: Plan, shape: Shape) -> Plan:
     return p
 
 
-def _with_cpu(p: Plan, shape: Shape, cells: int, kv_type: str, flash_attn: bool) -> Plan:
-    left = shape.units - p.n_gpu_layers
-    p.cpu = shape.host + sum(shape.unit_weights(u) + shape.kv_bytes(u, cells, kv_type, flash_attn) for u in range(left))
+def _with_cpu(p: Plan, sizing: _Sizing) -> Plan:
+    p.cpu = sizing.shape.host + sum(sizing.need(u) for u in range(sizing.shape.units - p.n_gpu_layers))
     return p
 
 
@@ -385,3 +396,19 @@ def cpu_need(p: Plan, shape: Shape, options: dict) -> int:
 
     n_ubatch = int(options.get("n_ubatch", 512))
     return p.cpu + shape.compute(n_ubatch, holds_output=p.n_gpu_layers == 0) + RUNTIME
+
+
+def refine(make: Callable[[dict[str, int]], Plan], measure: Callable[[Plan], dict[str, int]], rounds: int = 3) -> Plan:
+    """Plan, ask llama.cpp what each device's compute buffer would be (a dry run), and plan again
+    with those figures where they exceed the estimate, until every device's is covered."""
+    measured: dict[str, int] = {}
+    p = make(measured)
+    for _ in range(rounds):
+        if not p.n_gpu_layers:
+            return p
+        got = measure(p)
+        if all(got.get(d.name, 0) <= d.compute for d in p.devices if d.units):
+            return p
+        measured = {k: max(v, measured.get(k, 0)) for k, v in {**measured, **got}.items()}
+        p = make(measured)
+    return p

@@ -167,7 +167,7 @@ def _install_guard() -> None:
         who = _who_went_away() if "RPC" in text else "llama.cpp aborted"
         with contextlib.suppress(Exception):
             sys.stdout.flush()
-        os.write(2, f"Error: {who} ({text})\n".encode())
+        os.write(2, f"Error: {who} (llama.cpp: {text})\n".encode())
         os._exit(1)
 
     _GUARD["callback"] = on_abort  # ggml keeps the pointer: never collected
@@ -189,7 +189,7 @@ def _who_went_away() -> str:
         except OSError:
             gone.append(str(ep))
     if gone:
-        return f"the RPC server {', '.join(gone)} went away mid-answer"
+        return f"the RPC server {', '.join(gone)} went away: it no longer takes connections"
     servers = " or ".join(map(str, _REGISTERED))
     return f"an RPC server ({servers}) stopped answering for {recv_timeout():.0f} s (G4_RPC_TIMEOUT)"
 
