@@ -354,6 +354,21 @@ def test_a_long_header_is_read_in_growing_prefixes(hub, repos, run_g4) -> None:
     assert [q for f, q, _ in gguf_gets(hub) if f == name and not q] == [None]  # then the download
 
 
+def test_a_server_that_ignores_ranges_still_gives_the_header_s_bytes(hub, repos, run_g4) -> None:
+    """Each answer is the whole file (200): g4 reads only as far as it asked, and from the right place."""
+    hub.ranges = False
+    r = run_g4("pull", "hf.co/acme/long-GGUF:Q8_0")
+    assert r.returncode == 0, r.err
+    long = json.loads((Path(r.out.strip()).with_name("manifest.json")).read_text())
+    hub.ranges = True
+    assert run_g4("pull", f"hf.co/{REPO}:Q8_0").returncode == 0
+    plain = json.loads((store_dir("Q8_0") / "manifest.json").read_text())  # the same model, a shorter header
+    for key in ("ctx", "kv_cache", "compute", "ple"):
+        assert long["memory"][key] == plain["memory"][key], key
+    memory = [line for line in r.err_lines if line.strip().startswith("memory")]
+    assert len(memory) == 1 and memory[0].split()[1:3] == human_bytes(long["memory"]["total"]).split(), memory
+
+
 def test_a_disk_too_small_is_refused_from_the_headers_before_the_download(hub, run_g4, tmp_path) -> None:
     from conftest import tmpfs
 
