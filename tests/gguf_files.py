@@ -10,8 +10,11 @@ from pathlib import Path
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 
-def rewrite(src: Path, dst: Path, *, arch: str | None = None, split_max_tensors: int = 0) -> list[Path]:
-    """``src`` written anew to ``dst`` (splits: ``<stem>-0000i-of-0000N.gguf``); returns the files."""
+def rewrite(
+    src: Path, dst: Path, *, arch: str | None = None, split_max_tensors: int = 0, strings: dict[str, str] | None = None
+) -> list[Path]:
+    """``src`` written anew to ``dst`` (splits: ``<stem>-0000i-of-0000N.gguf``), with ``strings``
+    set (e.g. a long chat template: a longer header); returns the files."""
     reader = GGUFReader(src)
     writer = GGUFWriter(dst, arch or str(reader.fields["general.architecture"].contents()),
                         split_max_tensors=split_max_tensors)  # fmt: skip
@@ -19,7 +22,10 @@ def rewrite(src: Path, dst: Path, *, arch: str | None = None, split_max_tensors:
         if name.startswith("GGUF.") or name == "general.architecture":
             continue
         sub = field.types[1] if field.types[0] == GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), field.types[0], sub)
+        if name not in (strings or {}):
+            writer.add_key_value(name, field.contents(), field.types[0], sub)
+    for name, value in (strings or {}).items():
+        writer.add_string(name, value)
     for t in reader.tensors:
         writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
     writer.write_header_to_file()

@@ -15,7 +15,9 @@ Serves checkpoint directories (tiny Gemma 4 models from ``quantize.tiny``) as mo
 
 Switches for tests: ``cut(file, at)`` closes the connection at byte ``at`` of a file: no
 transfer gets past it until ``heal()``; ``stall(file, at)`` stops sending at byte ``at`` until the
-returned event is set; ``corrupt(file, offset)`` flips one byte of what is served. ``log`` has
+returned event is set; ``corrupt(file, offset)`` flips one byte of what is served;
+``ranges = False`` answers every GET with the whole file (``200``, as a server without Range
+support). ``log`` has
 every request (method, path, file, Range, status, bytes sent, whether it carried a token).
 """
 
@@ -87,6 +89,7 @@ class HubServer:
         self.cuts: dict[str, int] = {}
         self.stalls: dict[str, tuple[int, threading.Event]] = {}
         self.corruptions: dict[str, int] = {}
+        self.ranges = True  # False: Range headers are ignored
         self._blobs: dict[str, RepoFile] = {}
         handler = type("Handler", (_Handler,), {"hub": self})
         self.api = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -331,7 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _file(self, f: RepoFile, headers: dict) -> None:
         start, end = 0, f.size - 1
         status = 200
-        if self.req.range:
+        if self.req.range and self.hub.ranges:
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.req.range.strip())
             if not m or not (m.group(1) or m.group(2)):
                 return self._error(416, None, "bad range", {"Content-Range": f"bytes */{f.size}"})

@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,8 @@ import pytest
 from conftest import stray_files
 from gguf_files import lie_about_shape, rewrite
 from hub_server import HubServer
+
+from g4cli.render import human_bytes
 
 REPO = "acme/gemma-4-tiny-it-GGUF"
 STEM = "gemma-4-tiny-it"
@@ -36,7 +41,9 @@ def repos(gguf, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rewrite(q8, llama / "llama-tiny-Q8_0.gguf", arch="llama")
     liar = tmp_path_factory.mktemp("lie-repo")
     lie_about_shape(q8, liar / f"{STEM}-Q8_0.gguf", "output_norm.weight")
-    return {"good": good, "llama": llama, "liar": liar, "f16": f16}
+    long = tmp_path_factory.mktemp("long-header-repo")  # a header of 3 MB: read in growing prefixes
+    rewrite(q8, long / f"{STEM}-Q8_0.gguf", strings={"general.description": "A long header. " * 200_000})
+    return {"good": good, "llama": llama, "liar": liar, "long": long, "f16": f16}
 
 
 @pytest.fixture
@@ -45,6 +52,7 @@ def hub(repos: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub
     server.add_repo(REPO, repos["good"])
     server.add_repo("acme/llama-tiny-GGUF", repos["llama"])
     server.add_repo("acme/liar-GGUF", repos["liar"])
+    server.add_repo("acme/long-GGUF", repos["long"])
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     yield server
     server.close()
@@ -56,6 +64,22 @@ def sha256(path: Path) -> str:
 
 def store_dir(quant: str) -> Path:
     return Path(os.environ["G4_HOME"]) / "models" / REPO.replace("/", "--") / quant
+
+
+def gguf_gets(hub: HubServer) -> list[tuple[str, str | None, int]]:
+    """(file, Range, bytes sent) of each GET that brought a GGUF's bytes (the Hub's 302s bring none)."""
+    return [
+        (q.file, q.range, q.sent)
+        for q in hub.requests("GET")
+        if q.file and q.file.endswith(".gguf") and q.status != 302
+    ]
+
+
+def assert_headers_only(hub: HubServer) -> None:
+    """Of the GGUFs, only header ranges were fetched (bounded Range requests, the first MiB each)."""
+    gets = gguf_gets(hub)
+    assert gets and all(r and re.fullmatch(r"bytes=\d+-\d+", r) for _, r, _ in gets), gets
+    assert all(sent <= 1 << 20 for _, _, sent in gets), gets
 
 
 def assert_nothing_stored() -> None:
@@ -77,6 +101,8 @@ def test_pull_a_tag_with_its_projector_then_list_show_chat_rm(hub, repos, run_g4
     assert manifest["capabilities"] == {"vision": True, "audio": True, "experts": False, "ple": True}
     assert manifest["architecture"]["arch"] == "gemma4" and manifest["memory"]["total"] > 0
     assert "Q8_0" in manifest["quant_mix"]
+    memory = [line for line in r.err_lines if line.strip().startswith("memory")]  # printed once, before
+    assert len(memory) == 1 and memory[0].split()[1:3] == human_bytes(manifest["memory"]["total"]).split(), memory
 
     listed = json.loads(run_g4("list", "--json").out)
     assert [(m["tag"], m["source"]["repo"], m["path"]) for m in listed] == [(f"{REPO}:q8_0", REPO, str(model))]
@@ -136,6 +162,7 @@ def test_a_gguf_of_another_architecture_is_refused(hub, run_g4) -> None:
     r = run_g4("pull", "hf.co/acme/llama-tiny-GGUF:Q8_0")
     assert r.returncode == 1
     assert "architecture 'llama', not Gemma 4" in r.err
+    assert_headers_only(hub)  # refused before the download
     assert_nothing_stored()
 
 
@@ -143,11 +170,12 @@ def test_a_header_that_lies_about_its_tensors_is_refused_before_loading(hub, run
     r = run_g4("pull", "hf.co/acme/liar-GGUF:Q8_0")
     assert r.returncode == 1
     assert "output_norm.weight" in r.err and ("overlap" in r.err or "outside the file" in r.err)
+    assert_headers_only(hub)  # refused before the download, from the header and the listed size
     assert_nothing_stored()
 
 
 def test_a_corrupt_download_is_deleted_and_the_next_pull_succeeds(hub, run_g4) -> None:
-    hub.corrupt(f"{STEM}-Q8_0.gguf", 5000)
+    hub.corrupt(f"{STEM}-Q8_0.gguf", 5_000_000)  # in the tensor data (a header byte is refused before the download)
     r = run_g4("pull", f"hf.co/{REPO}:Q8_0")
     assert r.returncode == 1
     assert "corrupt" in r.err and "sha256" in r.err
@@ -283,3 +311,77 @@ def test_killed_mid_download_then_pulled_again_resumes(hub, repos, run_g4) -> No
     assert [(q.range, q.status) for q in gets] == [("bytes=3000000-", 206)]
     assert sha256(store_dir("Q8_0") / "model.gguf") == sha256(repos["good"] / name)
     assert stray_files(Path(os.environ["G4_HOME"])) == [] and stray_files(Path(os.environ["HF_HOME"])) == []
+
+
+def test_the_fit_estimate_comes_from_the_headers_before_the_download(hub, repos, run_g4) -> None:
+    """The headers alone (Range requests) give the estimate, on stderr before the first byte of
+    the weights' download arrives (G4_TEST_PAUSE_AT stops g4 there)."""
+    from conftest import g4_executable
+
+    name = f"{STEM}-Q8_0.gguf"
+    env = {**os.environ, "G4_TEST_PAUSE_AT": name}
+    proc = subprocess.Popen([*g4_executable(), "pull", f"hf.co/{REPO}:Q8_0"], stderr=subprocess.PIPE, env=env)
+    lines = []
+    try:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw.decode())
+            if lines[-1].startswith("G4_TEST_PAUSE_AT: paused"):
+                break
+        gets = gguf_gets(hub)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    starts = [i for i, line in enumerate(lines) if line.strip().startswith(("download", "disk", "memory"))]
+    assert len(starts) == 3 and lines[-1].startswith("G4_TEST_PAUSE_AT: paused"), lines
+    assert "KV cache" in lines[starts[2]] and "available" in lines[starts[2]]
+    # the model's and the projector's first MiB, then the model's whole file
+    mmproj = f"mmproj-{STEM}-F16.gguf"
+    assert gets[:-1] == [(name, "bytes=0-1048575", 1 << 20), (mmproj, "bytes=0-1048575", 1 << 20)], gets
+    assert gets[-1][:2] == (name, None), gets
+
+
+def test_a_long_header_is_read_in_growing_prefixes(hub, repos, run_g4) -> None:
+    r = run_g4("pull", "hf.co/acme/long-GGUF:Q8_0")
+    assert r.returncode == 0, r.err
+    name = f"{STEM}-Q8_0.gguf"
+    ranges = [(q, n) for f, q, n in gguf_gets(hub) if f == name and q]
+    assert ranges == [
+        ("bytes=0-1048575", 1 << 20),
+        ("bytes=1048576-2097151", 1 << 20),
+        ("bytes=2097152-4194303", 2 << 20),
+    ]
+    assert [q for f, q, _ in gguf_gets(hub) if f == name and not q] == [None]  # then the download
+
+
+def test_a_server_that_ignores_ranges_still_gives_the_header_s_bytes(hub, repos, run_g4) -> None:
+    """Each answer is the whole file (200): g4 reads only as far as it asked, and from the right place."""
+    hub.ranges = False
+    r = run_g4("pull", "hf.co/acme/long-GGUF:Q8_0")
+    assert r.returncode == 0, r.err
+    long = json.loads((Path(r.out.strip()).with_name("manifest.json")).read_text())
+    hub.ranges = True
+    assert run_g4("pull", f"hf.co/{REPO}:Q8_0").returncode == 0
+    plain = json.loads((store_dir("Q8_0") / "manifest.json").read_text())  # the same model, a shorter header
+    for key in ("ctx", "kv_cache", "compute", "ple"):
+        assert long["memory"][key] == plain["memory"][key], key
+    memory = [line for line in r.err_lines if line.strip().startswith("memory")]
+    assert len(memory) == 1 and memory[0].split()[1:3] == human_bytes(long["memory"]["total"]).split(), memory
+
+
+def test_a_disk_too_small_is_refused_from_the_headers_before_the_download(hub, run_g4, tmp_path) -> None:
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path / "small", "size=8m") as small:
+        env = {"G4_HOME": str(small / "g4"), "HF_HOME": str(small / "hf")}
+        r = run_g4("pull", f"hf.co/{REPO}:Q8_0", env=env)
+        assert r.returncode == 1, r.err
+        assert r.err_lines[-1].startswith(f"Error: not enough disk space for {REPO}:q8_0:"), r.err
+        assert "--force" in r.err_lines[-1]
+        assert any(line.strip().startswith("memory") and "KV cache" in line for line in r.err_lines), r.err
+        assert_headers_only(hub)
+        assert not (small / "g4" / "models").exists() or not list((small / "g4" / "models").rglob("*.gguf"))
+
+        r = run_g4("pull", f"hf.co/{REPO}:Q8_0", "--force", env=env)  # tries, and the full disk is one line
+        assert r.returncode == 1 and "going ahead as --force says" in r.err, r.err
+        assert "no space left on device" in r.err_lines[-1] and "Traceback" not in r.err

@@ -1,7 +1,8 @@
 """Checks of a downloaded GGUF before g4 stores it, and what its header says (for the manifest).
 
 A GGUF from a repo is taken only when its header holds together, checked against the file
-itself before llama.cpp ever sees it (llama.cpp maps whatever offsets a header claims):
+itself before llama.cpp ever sees it (llama.cpp maps whatever offsets a header claims), and
+before the download against the size the Hub lists (the header alone: ``gguf_remote``):
 
 - the text model is ``general.architecture == gemma4``; a projector is ``clip`` with Gemma 4
   projector types (``gemma4v``/``gemma4a``, the 12B's ``gemma4uv``/``gemma4ua``) whose projection
@@ -53,15 +54,20 @@ def _refuse(path: Path, what: str) -> CheckpointError:
 
 def read_checked(path: Path) -> Header:
     """The header of one GGUF file, its tensors checked against the file's size."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     try:
-        values, tensors, end = ggufmeta.read_header(path)
+        parsed = ggufmeta.read_header(path)
     except (ValueError, OSError) as e:
         raise _refuse(path, f"unreadable GGUF header ({e})") from None
+    return checked(path, *parsed, path.stat().st_size)
+
+
+def checked(path: Path, values: dict[str, Any], tensors: list[ggufmeta.TensorInfo], end: int, size: int) -> Header:
+    """A parsed header (``end``: where it ends), its tensors checked against a file of ``size`` bytes
+    (the file on disk, or the size the Hub lists before the download: ``gguf_remote``)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
     align = int(values.get("general.alignment", 32) or 32)
     start = -(-end // align) * align
-    size = path.stat().st_size
     h = Header(path, values, tensors)
     spans = []
     for t in tensors:
@@ -88,7 +94,12 @@ def read_checked(path: Path) -> Header:
 
 def check_model(parts: list[Path]) -> list[Header]:
     """The text model's files (one, or its splits in order): Gemma 4, consistent, whole."""
-    headers = [read_checked(p) for p in parts]
+    return check_parts([read_checked(p) for p in parts])
+
+
+def check_parts(headers: list[Header]) -> list[Header]:
+    """``check_model`` of headers already read (and each checked)."""
+    parts = [h.path for h in headers]
     first = headers[0]
     arch = first.values.get("general.architecture")
     if arch != GEMMA4:
@@ -120,7 +131,11 @@ def check_model(parts: list[Path]) -> list[Header]:
 
 def check_projector(path: Path, n_embd: int) -> tuple[Header, dict[str, bool]]:
     """A projector (mmproj) for a Gemma 4 text model of width ``n_embd``; returns what it can take."""
-    h = read_checked(path)
+    return check_projector_header(read_checked(path), n_embd)
+
+
+def check_projector_header(h: Header, n_embd: int) -> tuple[Header, dict[str, bool]]:
+    path = h.path
     arch = h.values.get("general.architecture")
     types = {k: h.values[k] for k in PROJECTOR_KEYS if k in h.values}
     if arch != "clip" or not types or not all(str(v).startswith("gemma4") for v in types.values()):
@@ -137,7 +152,7 @@ def check_projector(path: Path, n_embd: int) -> tuple[Header, dict[str, bool]]:
     return h, caps
 
 
-def arch_values(path: Path) -> dict[str, Any]:
+def arch_values(path: ggufmeta.Source) -> dict[str, Any]:
     """The text model's ``gemma4.*`` keys g4 describes it by (arrays included)."""
     got = ggufmeta.read_values(path, {f"{{arch}}.{k}" for k in ARCH_KEYS})
     return {k.split(".", 1)[1]: v for k, v in got.items()}

@@ -6,8 +6,12 @@
   together. Without a tag: Q4_K_M if the repo has it (llama.cpp's default), else its only one.
   A tag the repo lacks is an error that lists those it has.
 - The projector: the repo's ``mmproj*.gguf``, F16 when there are several.
+- Before the download: the headers alone (HTTP Range requests, ``gguf_remote``), checked, give
+  the memory-fit estimate that a converted pull prints from config.json, and the same refusal
+  of a disk too small (``--force`` overrides).
 - Each file's sha256 is the one the Hub lists (LFS), checked as it downloads into the HF cache
-  (``g4cli.models.download``); each header is checked (``gguf_check``) before anything is stored.
+  (``g4cli.models.download``); each header is checked again (``gguf_check``, against the whole
+  file) before anything is stored.
 - Stored like a converted model (``models/<org>--<repo>/<TAG>/model.gguf``, ``mmproj.gguf``,
   ``manifest.json`` last), hard-linked from the HF cache when both are on one file system.
 """
@@ -124,8 +128,10 @@ def default_tag(ref: catalog.Ref, revision: str | None) -> str:
 
 
 def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any, update: Progress) -> store.ModelEntry:
-    """Under the model's lock: the disk check, download, header checks, the files, the manifest."""
-    from g4cli.models import download
+    """Under the model's lock: the headers and the fit estimate, the download, the checks of the
+    whole files, the files into the store, the manifest."""
+    from g4cli.models import download, gguf_remote
+    from g4cli.models.pull import _check_fit as check_fit
     from g4cli.render import human_bytes, info
 
     assert ref.repo is not None
@@ -137,7 +143,11 @@ def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any
         raise IntegrityError(f"{ref.repo}: the Hub lists no sha256 for {unlisted[0]}; g4 will not take it unchecked")
     snap.files = wanted
     info(f"{tag}: {snap.repo} @ {snap.commit[:7]}: {', '.join(f.path for f in wanted)}")
-    _check_disk(tag, snap, sum(f.size for f in wanted), opts.force)
+    ahead, values = gguf_remote.check_ahead(snap, choice.parts, choice.mmproj)  # the headers alone
+    text, projector = sum(f.size for f in choice.parts), choice.mmproj.size if choice.mmproj else 0
+    hp = layout(values, {t.name: t.shape for h in ahead for t in h.tensors})
+    est = estimate(ahead, hp, quant, text, projector, download=snap.remaining_bytes())
+    check_fit(tag, est, fit.disk_needs(est, store.store_root(), snap.storage), opts.force)  # as converted pulls
     download.download(snap, wanted, update)
     download.verify(snap, update)
     headers = gguf_check.check_model([snap.pointer(f) for f in choice.parts])
@@ -154,10 +164,10 @@ def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any
     if choice.mmproj:
         files["mmproj"] = _place(snap.pointer(choice.mmproj), directory / store.MMPROJ_FILE)
     info(f"checked {len(wanted)} file{'s' * (len(wanted) > 1)}: sha256 as the Hub lists, headers whole")
-    hp = layout(values, {t.name: t.shape for h in headers for t in h.tensors})
-    est = estimate(headers, hp, quant, files)
-    info(f"  memory   {human_bytes(est.memory):>9}  (weights {human_bytes(est.weights)}, KV cache "
-         f"{human_bytes(est.kv_cache)} at {est.ctx} context)")  # fmt: skip
+    hp = layout(values, {t.name: t.shape for h in headers for t in h.tensors})  # from the files, as checked
+    sizes = {role: p.stat().st_size for role, p in files.items()}
+    text = sum(v for role, v in sizes.items() if role.startswith("model"))
+    est = estimate(headers, hp, quant, text, sizes.get("mmproj", 0))
     manifest = _describe(ref.name, quant, files, caps, hp, headers, est)
     manifest["source"] = {
         "repo": snap.repo, "revision": snap.revision, "commit": snap.commit, "gguf": [f.path for f in wanted],
@@ -170,26 +180,6 @@ def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any
         download.remove_weights(snap)
         info("removed the downloaded GGUF files from the Hugging Face cache")
     return entry
-
-
-def _check_disk(tag: str, snap: Snapshot, size: int, force: bool) -> None:
-    """The HF cache takes what is left to download, the store as much again (a copy at worst)."""
-    from g4cli.errors import DiskSpaceError
-    from g4cli.render import human_bytes as h
-    from g4cli.render import info, warn
-
-    est = fit.Estimate("", 0, size, snap.remaining_bytes(), 0, size, 0, 0, 0)
-    needs = fit.disk_needs(est, store.store_root(), snap.storage)
-    info(f"  download {h(est.download):>9}  (GGUF files {h(size)})")
-    info(f"  disk     {h(sum(n.need for n in needs)):>9}; " + ", ".join(f"{h(n.free)} free on {n.path}" for n in needs))
-    short = [n for n in needs if n.short]
-    if short and not force:
-        raise DiskSpaceError(
-            f"not enough disk space for {tag}: {h(short[0].need)} needed on {short[0].path}, {h(short[0].free)} free",
-            hint="free some space, or add --force to try anyway",
-        )
-    if short:
-        warn("the disk looks too small; going ahead as --force says")
 
 
 def _describe(name: str, quant: str, files: dict[str, Path], caps: dict[str, bool], hp: Any, headers, est) -> dict:
@@ -267,16 +257,17 @@ def layout(values: dict[str, Any], tensors: dict[str, tuple[int, ...]]):  # -> q
     )
 
 
-def estimate(headers: list[gguf_check.Header], hp: Any, quant: str, files: dict[str, Path]) -> fit.Estimate:
-    """What ``g4 chat`` needs for this model, as ``fit.estimate`` says for a converted one."""
+def estimate(
+    headers: list[gguf_check.Header], hp: Any, quant: str, text: int, projector: int, download: int = 0
+) -> fit.Estimate:
+    """What ``g4 chat`` needs for this model (``text``/``projector``: the files' bytes), as
+    ``fit.estimate`` says for a converted one; ``download``: what is still to fetch."""
     from g4cli.models.catalog import CPU_FLASH_ATTN, DEFAULT_CTX
 
     sizes = {k: v for h in headers for k, v in h.sizes.items()}
     ctx = min(DEFAULT_CTX, hp.n_ctx_train)
-    text = sum(p.stat().st_size for role, p in files.items() if role.startswith("model"))
-    projector = files["mmproj"].stat().st_size if "mmproj" in files else 0
     return fit.Estimate(
-        quant=quant, ctx=ctx, source=text + projector, download=0, intermediate=0, text=text,
+        quant=quant, ctx=ctx, source=text + projector, download=download, intermediate=0, text=text,
         ple=sizes.get("per_layer_token_embd.weight", 0), projector=projector,
         kv_cache=fit.kv_cache_bytes(hp, ctx, flash_attn=CPU_FLASH_ATTN),
         embeddings=sizes.get("token_embd.weight", 0) if hp.tied else 0,

@@ -6,6 +6,7 @@ needs two numbers before it loads a model, so it scans key by key and stops at w
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 from dataclasses import dataclass
@@ -14,13 +15,26 @@ from typing import Any, BinaryIO
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+Source = Path | str | bytes  # a file, or the first bytes of one (a header read over HTTP: gguf_remote)
+
+
+class Truncated(ValueError):
+    """The bytes end inside the header (of a prefix: read more of the file)."""
+
+
+def _open(source: Source) -> BinaryIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+
+
+def _name(source: Source) -> str:
+    return "GGUF header bytes" if isinstance(source, bytes) else str(source)
 
 
 def _read(f: BinaryIO, fmt: str) -> Any:
     size = struct.calcsize(fmt)
     data = f.read(size)
     if len(data) != size:
-        raise ValueError("truncated GGUF header")
+        raise Truncated("truncated GGUF header")
     return struct.unpack(fmt, data)[0]
 
 
@@ -28,7 +42,10 @@ def _string(f: BinaryIO) -> str:
     n = _read(f, "<Q")
     if n > 1 << 30:
         raise ValueError("implausible string length in GGUF header")
-    return f.read(n).decode("utf-8", "replace")
+    data = f.read(n)
+    if len(data) != n:
+        raise Truncated("truncated GGUF header")
+    return data.decode("utf-8", "replace")
 
 
 def _value(f: BinaryIO, vtype: int, keep: bool) -> Any:
@@ -49,12 +66,12 @@ def _value(f: BinaryIO, vtype: int, keep: bool) -> Any:
     raise ValueError(f"unknown GGUF value type {vtype}")
 
 
-def read_values(path: Path | str, wanted: set[str]) -> dict[str, Any]:
+def read_values(path: Source, wanted: set[str]) -> dict[str, Any]:
     """The values of ``wanted`` keys (a ``{arch}`` in a key is the file's architecture)."""
     found: dict[str, Any] = {}
-    with open(path, "rb") as f:
+    with _open(path) as f:
         if f.read(4) != b"GGUF":
-            raise ValueError(f"{path}: not a GGUF file")
+            raise ValueError(f"{_name(path)}: not a GGUF file")
         _read(f, "<I")  # version
         _read(f, "<Q")  # tensor count
         n_kv = _read(f, "<Q")
@@ -86,18 +103,19 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
-def read_tensors(path: Path | str) -> tuple[dict[str, Any], list[TensorInfo]]:
+def read_tensors(path: Source) -> tuple[dict[str, Any], list[TensorInfo]]:
     """Every scalar and string key (arrays skipped) and every tensor's description."""
     values, tensors, _ = read_header(path)
     return values, tensors
 
 
-def read_header(path: Path | str) -> tuple[dict[str, Any], list[TensorInfo], int]:
+def read_header(source: Source) -> tuple[dict[str, Any], list[TensorInfo], int]:
     """``read_tensors`` plus where the header ends (the tensor data starts at the next
     ``general.alignment`` boundary, 32 by default)."""
     values: dict[str, Any] = {}
     tensors: list[TensorInfo] = []
-    with open(path, "rb") as f:
+    path = _name(source)
+    with _open(source) as f:
         if f.read(4) != b"GGUF":
             raise ValueError(f"{path}: not a GGUF file")
         _read(f, "<I")
