@@ -50,6 +50,16 @@ def ext() -> Any:
     return llama_cpp_ext
 
 
+def attach(model: Model, path: Path | str, n_max: int = 3) -> Drafter:
+    """Load the drafter at ``path`` for ``model``: its answers are drafted from now on
+    (``generate.answer_turns``), ``n_max`` tokens a round at most."""
+    if n_max < 1:
+        raise DraftError(f"--draft-max must be at least 1, not {n_max}")
+    drafter = Drafter(model, path)
+    model.drafter, model.draft_max = drafter, n_max
+    return drafter
+
+
 def check_drafter(path: Path, n_embd_target: int) -> None:
     """Refuse, from the header alone, a GGUF that is not a drafter for a model of this width."""
     from g4cli.models.ggufmeta import read_values
