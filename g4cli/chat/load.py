@@ -44,6 +44,9 @@ def loaded(choice: Choice, options: LoadOptions, *, needs: set[str] | None = Non
             model = open_model(choice, options)
         model.name = choice.name
         try:
+            from g4cli.chat.drafting import attach_for
+
+            attach_for(model, choice, options)
             yield model
         finally:
             model.close()

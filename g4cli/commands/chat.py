@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from g4cli.options import ChatThreadsOpt, FlashAttnOpt, GpuLayersOpt, ImageTokensOpt, KvTypeOpt
+from g4cli.options import (
+    ChatThreadsOpt,
+    DrafterOpt,
+    DraftMaxOpt,
+    DraftOpt,
+    FlashAttnOpt,
+    GpuLayersOpt,
+    ImageTokensOpt,
+    KvTypeOpt,
+)
 
 
 def chat(  # long: one parameter per option, as Typer declares them; the body only builds ChatOptions
@@ -52,6 +61,9 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     flash_attn: FlashAttnOpt = "auto",
     kv_type: KvTypeOpt = "f16",
     image_tokens: ImageTokensOpt = None,
+    draft: DraftOpt = "auto",
+    draft_max: DraftMaxOpt = 3,
+    drafter: DrafterOpt = None,
     mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
     schema: Annotated[
         str | None,
@@ -99,6 +111,7 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
       g4 chat e4b --mic                         # speak, get the answer on stdout
       g4 chat e4b --schema person.json "Who wrote Faust?"   # JSON valid against the schema
       g4 chat e4b --local "hi"                  # never through a running g4 serve
+      g4 chat e4b --draft off "hi"              # without the assistant drafter (same answer, slower)
     """
     import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/chat/runtime/model.py)
 
@@ -121,6 +134,9 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
             flash_attn=flash_attn,
             kv_type=kv_type,
             image_tokens=image_tokens,
+            draft=draft,
+            draft_max=draft_max,
+            drafter=drafter,
         ),
         mic=MicOptions(input_device=input_device, silence=silence, max_seconds=max_seconds, save_audio=save_audio),
         image=image or [],
