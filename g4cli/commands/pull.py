@@ -30,6 +30,9 @@ def pull(
         str | None, typer.Option("--name", help="Store name for a checkpoint directory (default: its name).")
     ] = None,
     threads: ThreadsOpt = None,
+    no_draft: Annotated[
+        bool, typer.Option("--no-draft", help="Do not fetch the model's assistant drafter (<repo>-assistant).")
+    ] = False,
 ) -> None:
     """Download a Gemma 4 model from Hugging Face and quantize it into g4's store.
 
@@ -38,13 +41,15 @@ def pull(
     anyway). Downloads go to the Hugging Face cache (HF_HOME, HF_HUB_CACHE; HF_TOKEN,
     HF_ENDPOINT and HF_HUB_OFFLINE=1 are honoured), every weight file checked against the
     Hub's sha256; an interrupted download continues where it stopped on the next g4 pull.
-    Models go to $G4_HOME (default ~/.local/share/g4). Prints the GGUF path on stdout; pulling
-    a model that is already there does nothing.
+    Models go to $G4_HOME (default ~/.local/share/g4), with the model's assistant drafter
+    (<repo>-assistant, for g4 chat's drafting) beside it unless --no-draft. Prints the GGUF path
+    on stdout; pulling a model that is already there does nothing.
 
     Examples:
 
     \b
-      g4 pull e4b                          # google/gemma-4-E4B-it -> Q4_K_M
+      g4 pull e4b                          # google/gemma-4-E4B-it -> Q4_K_M, + its drafter
+      g4 pull e2b --no-draft               # without google/gemma-4-E2B-it-assistant
       g4 pull 26b:q8_0
       g4 pull google/gemma-4-31B-it --revision main --remove-download
       g4 pull ./my-finetune --name tuned -q q5_k_m
@@ -61,6 +66,7 @@ def pull(
         remove_download=remove_download,
         threads=threads,
         name=name,
+        draft=not no_draft,
     )
     if result.already:
         info(f"{result.entry.tag} is already pulled ({result.entry.dir})")
