@@ -81,6 +81,16 @@ class RuntimeFailure(G4Error):
     """llama.cpp failed while loading or generating."""
 
 
+class DraftError(G4Error):
+    """A drafter that cannot serve this model: not a drafter GGUF, made for another model, or
+    asked for (``--draft on``) where there is none."""
+
+
+class DraftUnavailable(G4Error):
+    """A drafter that could not be loaded or run here (memory, llama.cpp version): with
+    ``--draft auto`` g4 decodes without it, after one notice."""
+
+
 class AudioDeviceError(G4Error):
     """No input device, PortAudio missing, or a device that failed."""
 

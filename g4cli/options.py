@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -75,4 +76,16 @@ RpcOpt = Annotated[
         help="Put layers on these g4 rpc-server machines too (G4_RPC_TIMEOUT: seconds one may be silent, default 120).",
         show_default=False,
     ),
+]
+# Drafting with an assistant drafter (g4 chat): see g4cli/chat/runtime/speculate.py
+DraftOpt = Annotated[
+    str,
+    typer.Option(
+        "--draft", help="Draft tokens with the model's assistant: auto (when one is there), on (required), off."
+    ),
+]
+DraftMaxOpt = Annotated[int, typer.Option("--draft-max", min=1, max=16, help="Most tokens drafted a round.")]
+DrafterOpt = Annotated[
+    Path | None,
+    typer.Option("--drafter", help="A drafter GGUF (arch gemma4-assistant); default: the one beside the model."),
 ]

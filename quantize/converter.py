@@ -122,7 +122,7 @@ def write_text_gguf(
     del vocab  # write_gguf drops the KV data once written: the vocabulary need not outlive it
     write_gguf(
         out,
-        gemma4.ARCH,
+        hp.arch,
         kv,
         plan.tensors,
         (lambda done, total: on_progress("convert", done, total)) if on_progress else None,

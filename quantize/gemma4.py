@@ -2,10 +2,14 @@
 
 One file for E2B/E4B (per-layer embeddings "PLE", KV-shared layers, double-wide MLP), 26B-A4B
 (mixture of experts, K=V on full-attention layers), 31B (K=V, per-layer KV head counts,
-proportional RoPE) and the 12B "unified" model (31B's text layout, no vision or audio tower:
-``Gemma4Unified*``, the same ``gemma4`` text architecture). What llama.cpp expects is what its
-loader and graph read (llama.cpp's ``src/models/gemma4.cpp`` and ``src/llama-model.cpp`` as
-vendored by llama-cpp-python 0.3.36); every rule here names the variant it serves.
+proportional RoPE), the 12B "unified" model (31B's text layout, no vision or audio tower:
+``Gemma4Unified*``, the same ``gemma4`` text architecture) and the assistant drafters
+(``Gemma4Assistant*``, arch ``gemma4-assistant``: 4 layers reading the target's KV cache, fed the
+target's hidden state through ``nextn.pre_projection``; llama.cpp's
+``src/models/gemma4-assistant.cpp`` and ``conversion/gemma.py`` Gemma4AssistantModel). What
+llama.cpp expects is what its loader and graph read (llama.cpp's ``src/models/gemma4.cpp`` and
+``src/llama-model.cpp`` as vendored by llama-cpp-python 0.3.36); every rule here names the
+variant it serves.
 """
 
 from __future__ import annotations
@@ -26,8 +30,17 @@ ARCH = "gemma4"
 # 12B: raw pixel patches and waveform frames straight into the text model, no towers
 UNIFIED_ARCHITECTURES = ("Gemma4UnifiedForConditionalGeneration", "Gemma4UnifiedForCausalLM")
 UNIFIED_MODEL_TYPES = ("gemma4_unified", "gemma4_unified_text")
-ARCHITECTURES = ("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM", *UNIFIED_ARCHITECTURES)
-MODEL_TYPES = ("gemma4", "gemma4_text", *UNIFIED_MODEL_TYPES)
+# assistant drafters (MTP): not in PyPI gguf 0.19.0, the name from vendored gguf-py constants.py:1311
+ASSISTANT_ARCH = "gemma4-assistant"
+ASSISTANT_ARCHITECTURES = ("Gemma4AssistantForCausalLM", "Gemma4UnifiedAssistantForCausalLM")
+ASSISTANT_MODEL_TYPES = ("gemma4_assistant", "gemma4_unified_assistant")
+ARCHITECTURES = (
+    "Gemma4ForConditionalGeneration",
+    "Gemma4ForCausalLM",
+    *UNIFIED_ARCHITECTURES,
+    *ASSISTANT_ARCHITECTURES,
+)
+MODEL_TYPES = ("gemma4", "gemma4_text", *UNIFIED_MODEL_TYPES, *ASSISTANT_MODEL_TYPES)
 
 
 def is_unified(config: dict) -> bool:
@@ -35,6 +48,13 @@ def is_unified(config: dict) -> bool:
     root = ConfigView(config)
     archs = root.list("architectures") or []
     return any(a in UNIFIED_ARCHITECTURES for a in archs) or root.str("model_type") in UNIFIED_MODEL_TYPES
+
+
+def is_assistant(config: dict) -> bool:
+    """An assistant drafter (``Gemma4Assistant*``, ``Gemma4UnifiedAssistant*``)."""
+    root = ConfigView(config)
+    archs = root.list("architectures") or []
+    return any(a in ASSISTANT_ARCHITECTURES for a in archs) or root.str("model_type") in ASSISTANT_MODEL_TYPES
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,11 @@ class Layout:
     n_expert_used: int
     n_ff_expert: int
     tied: bool
+    backbone: int = 0  # assistant drafters: the target's hidden size; 0 = a target model
+
+    @property
+    def arch(self) -> str:
+        return ASSISTANT_ARCH if self.backbone else ARCH
 
     @property
     def kv_start(self) -> int:
@@ -114,6 +139,12 @@ class Layout:
         out = [TensorSlot("token_embd.weight", (self.vocab_size, H)), TensorSlot("output_norm.weight", (H,))]
         if not self.tied:
             out.append(TensorSlot("output.weight", (self.vocab_size, H)))
+        if self.backbone:  # assistant: [target embedding | target hidden] -> H, H -> next hidden
+            B = self.backbone
+            out += [
+                TensorSlot("nextn.pre_projection.weight", (H, 2 * B)),
+                TensorSlot("nextn.post_projection.weight", (B, H)),
+            ]
         if P:  # PLE (E2B/E4B)
             out += [
                 TensorSlot("per_layer_token_embd.weight", (self.vocab_size_ple, L * P)),
@@ -287,6 +318,7 @@ def text_params(config: dict) -> Layout:
     _check_supported(tc)
     moe = tc.bool("enable_moe_block")
     softcap = tc.data.get("final_logit_softcapping")
+    assistant = _assistant(config, tc, len(is_swa))
     hp = Layout(
         n_layer=len(is_swa),
         n_embd=tc.int("hidden_size", minimum=1),
@@ -296,20 +328,41 @@ def text_params(config: dict) -> Layout:
         rms_eps=tc.float("rms_norm_eps", 1e-6),
         n_ctx_train=tc.int("max_position_embeddings", minimum=1),
         vocab_size=tc.int("vocab_size", minimum=1),
-        vocab_size_ple=tc.int("vocab_size_per_layer_input", tc.data.get("vocab_size"), minimum=1),
+        vocab_size_ple=tc.int("vocab_size_per_layer_input", tc.data.get("vocab_size"), minimum=0),  # 0: assistants
         ple_dim=tc.int("hidden_size_per_layer_input", 0),
-        n_kv_shared=tc.int("num_kv_shared_layers", 0),
+        n_kv_shared=len(is_swa) if assistant else tc.int("num_kv_shared_layers", 0),
         double_wide_mlp=tc.bool("use_double_wide_mlp"),
         softcap=tc.float("final_logit_softcapping") if softcap else None,
         n_expert=tc.int("num_experts", minimum=1) if moe else 0,
         n_expert_used=tc.int("top_k_experts", minimum=1) if moe else 0,
         n_ff_expert=tc.int("moe_intermediate_size", minimum=1) if moe else 0,
         tied=ConfigView(config).bool("tie_word_embeddings", True) and tc.bool("tie_word_embeddings", True),
+        backbone=assistant,
         **_attention(tc, is_swa),
         **_rope(tc),
     )
     check_loadable(hp)
     return hp
+
+
+def _assistant(config: dict, tc: ConfigView, n_layer: int) -> int:
+    """An assistant's backbone (target) hidden size, validated as transformers 5.23's
+    ``Gemma4AssistantConfig`` does (every layer KV-shared, no PLE, MoE or double-wide MLP); 0 for
+    a target model."""
+    if not is_assistant(config):
+        return 0
+    backbone = ConfigView(config).int("backbone_hidden_size", minimum=1)
+    for key in ("hidden_size_per_layer_input", "vocab_size_per_layer_input"):
+        if tc.int(key, 0):
+            raise CheckpointError(f"config.json: an assistant has no per-layer embeddings ({key} must be 0)")
+    if tc.bool("enable_moe_block") or tc.bool("use_double_wide_mlp"):
+        raise CheckpointError("config.json: an assistant has no experts and no double-wide MLP")
+    shared = tc.int("num_kv_shared_layers", 0)
+    if shared not in (0, n_layer):  # transformers sets 0 to all; anything else it refuses
+        raise CheckpointError(f"config.json: every assistant layer must be KV-shared ({shared} of {n_layer})")
+    if backbone == tc.int("hidden_size", minimum=1):  # gemma4-assistant.cpp:30-32 refuses it
+        raise ConvertError("config.json: backbone_hidden_size equals hidden_size; llama.cpp cannot load that")
+    return backbone
 
 
 def check_loadable(hp: Layout) -> None:
@@ -320,7 +373,7 @@ def check_loadable(hp: Layout) -> None:
         raise CheckpointError("config.json: top_k_experts exceeds num_experts")
     if not 0 < hp.rotary_fraction_full <= 1 or not 0 < hp.rotary_fraction_swa <= 1:
         raise ConvertError("config.json: partial_rotary_factor must be in (0, 1]")
-    if hp.n_kv_shared == 0:
+    if hp.n_kv_shared == 0 or hp.backbone:  # assistants read the target's cache (its last two layers)
         return
     start = hp.kv_start
     # llama.cpp: shared full layers reuse layer kv_start-1, shared sliding layers kv_start-2
@@ -337,13 +390,13 @@ def check_loadable(hp: Layout) -> None:
 U32, F32, BOOL = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.BOOL
 
 
-def _k(template: str) -> str:
-    return template.format(arch=ARCH)
-
-
 def gguf_kv(hp: Layout) -> list[tuple[str, object, GGUFValueType, GGUFValueType | None]]:
     """(key, value, type, array element type) for every gemma4.* key llama.cpp reads."""
     L, A = Keys.LLM, Keys.Attention
+
+    def _k(template: str) -> str:
+        return template.format(arch=hp.arch)
+
     kv: list[tuple[str, object, GGUFValueType, GGUFValueType | None]] = [
         (_k(L.BLOCK_COUNT), hp.n_layer, U32, None),
         (_k(L.CONTEXT_LENGTH), hp.n_ctx_train, U32, None),
@@ -381,6 +434,9 @@ def gguf_kv(hp: Layout) -> list[tuple[str, object, GGUFValueType, GGUFValueType 
         kv.append((_k(L.EXPERT_COUNT), hp.n_expert, U32, None))
         kv.append((_k(L.EXPERT_USED_COUNT), hp.n_expert_used, U32, None))
         kv.append((_k(L.EXPERT_FEED_FORWARD_LENGTH), hp.n_ff_expert, U32, None))
+    if hp.backbone:  # assistant: conversion/gemma.py:948-951; read at llama-model.cpp:1325-1329
+        kv.append((_k(L.EMBEDDING_LENGTH_OUT), hp.backbone, U32, None))
+        kv.append((_k(L.NEXTN_PREDICT_LAYERS), hp.n_layer, U32, None))
     return kv
 
 

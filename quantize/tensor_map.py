@@ -58,6 +58,15 @@ TEXT_TENSORS: list[tuple[str, str, str]] = [
     ("layers.{bid}.post_feedforward_layernorm_2.weight", "blk.{bid}.post_ffw_norm_2.weight", "MoE (26B-A4B)"),
 ]
 
+# Assistant drafters (Gemma4AssistantForCausalLM): the blocks are TEXT_TENSORS' (no K/V: every
+# layer reads the target's cache), plus two projections outside the text model, by full name.
+ASSISTANT_TENSORS: list[tuple[str, str, str]] = [
+    # source: modeling_gemma4_assistant.py:123-124; vendored gguf-py constants.py:1990, tensor_mapping.py:2743-2749
+    ("pre_projection.weight", "nextn.pre_projection.weight", "[H, 2B]: cat(target embedding, target hidden) -> H"),
+    # source: modeling_gemma4_assistant.py:125; vendored gguf-py constants.py:1991, tensor_mapping.py:2747-2749
+    ("post_projection.weight", "nextn.post_projection.weight", "[B, H]: the next step's hidden state"),
+]
+
 # Source tensors that are deliberately not in the text GGUF, each with the rule that drops it.
 # (regex on the full HF name, rule). KV-shared layers' own K/V weights are dropped in gemma4.py,
 # because which layers share depends on the config.
@@ -66,6 +75,8 @@ DROPPED: list[tuple[str, str]] = [
     (r"^model\.vision_embedder\.", "vision embedder (12B): belongs to the mmproj file"),
     (r"^model\.(audio_tower|embed_audio)\.", "audio tower: belongs to the mmproj file"),
     (r"\.rotary_emb\.inv_freq$", "RoPE buffer: recomputed by llama.cpp"),
+    # assistant drafters (E2B/E4B): conversion/gemma.py:939-946 skips them too
+    (r"^masked_embedding\.", "assistant's centroid-masked head: llama.cpp uses the full LM head"),
 ]
 TIED_HEAD_RULE = "lm_head: tied to embed_tokens"
 SHARED_KV_RULE = "KV-shared layer: reads the cache of an earlier layer, its own K/V are unused"
@@ -92,6 +103,9 @@ def strip_text_prefix(name: str) -> str | None:
 
 def gguf_name(hf_name: str) -> tuple[str, int | None] | None:
     """HF tensor name -> (GGUF name, layer index or None); None when the table has no entry."""
+    for source, target, _ in ASSISTANT_TENSORS:
+        if hf_name == source:
+            return target, None
     rel = strip_text_prefix(hf_name)
     if rel is None:
         return None
@@ -110,6 +124,9 @@ def _reverse() -> list[tuple[re.Pattern[str], str]]:
 
 def hf_name(gguf: str, prefix: str = TEXT_PREFIXES[0]) -> str:
     """GGUF tensor name -> the HF name it comes from (for writing checkpoints, e.g. the tiny ones)."""
+    for source, target, _ in ASSISTANT_TENSORS:
+        if gguf == target:
+            return source
     for pattern, source in _reverse():
         m = pattern.match(gguf)
         if m:

@@ -31,6 +31,11 @@ from quantize.mmproj import audio_tensors, unified_layout, vision_tensors
 from quantize.tiny_families import (
     ALIASES,
     AUDIO,
+    DRAFTER_CENTROIDS,
+    DRAFTER_FROM_TARGET,
+    DRAFTER_ORDERED,
+    DRAFTER_TEXT,
+    DRAFTER_TEXT_REAL,
     FAMILIES,
     NOT_UNIFIED_TEXT,
     TEXT_DEFAULTS,
@@ -175,9 +180,10 @@ def init_params(name: str, shape: tuple[int, ...], tc: dict) -> tuple[str, float
         return "uniform", 0.5, 1.5
     if name.endswith("router.proj.weight"):
         return "normal", 0.0, 2.0
-    if name == "model.language_model.norm.weight":
+    if name in ("model.language_model.norm.weight", "model.norm.weight"):  # target, assistant
         return "uniform", 2.8, 3.2
-    if name.startswith("model.language_model.") and leaf == "weight" and ("q_norm" in name or "k_norm" in name):
+    text_norm = name.startswith(("model.language_model.", "model.layers."))  # target, assistant
+    if text_norm and leaf == "weight" and ("q_norm" in name or "k_norm" in name):
         s = shape[0] ** -0.25
         return "uniform", 0.8 * s, 1.2 * s
     if "norm" in name or leaf in ("scale", "std_scale"):
@@ -285,6 +291,57 @@ def make_checkpoint(
     _write_weights(out, [st.TensorSpec(n, dtype, tuple(s)) for n, s in tensors], tc, seed, shard_bytes, endless, qat)
     suppress = FAMILIES[family].get("suppress_tokens") if suppress_tokens is None else list(suppress_tokens)
     _write_files(out, cfg, suppress)
+    return out
+
+
+def make_drafter(out_dir: Path | str, family: str = "e2b", *, seed: int = 0, dtype: str = "F32") -> Path:
+    """Write the assistant drafter matched to ``make_checkpoint(family)``: config.json as
+    transformers 5.23 saves a ``Gemma4AssistantConfig`` (``Gemma4UnifiedAssistantConfig`` for the
+    12B), ``model.safetensors`` under its module names (``model.layers.N``, ``pre_projection``,
+    ``post_projection``, E2B/E4B's ``masked_embedding.*``), and the tokenizer files."""
+    family = ALIASES.get(family, family)
+    fam = FAMILIES[family]
+    unified = fam.get("unified", False)  # 12B
+    target = make_config(family)["text_config"]
+    spec = {**(DRAFTER_TEXT_REAL if family == "e2b-real" else DRAFTER_TEXT)}
+    spec.update({k: target[k] for k in DRAFTER_FROM_TARGET if k in target})
+    spec["global_head_dim"] = fam["text"]["global_head_dim"]
+    if "num_global_key_value_heads" in fam["text"]:
+        spec["num_global_key_value_heads"] = fam["text"]["num_global_key_value_heads"]
+    tc = _text_config(spec, legacy=False, unified=unified)
+    tc["num_kv_shared_layers"] = tc["num_hidden_layers"]  # as Gemma4AssistantConfig forces it
+    ordered = family in DRAFTER_ORDERED
+    cfg = {
+        "architectures": ["Gemma4UnifiedAssistantForCausalLM" if unified else "Gemma4AssistantForCausalLM"],
+        "backbone_hidden_size": target["hidden_size"],
+        **DRAFTER_CENTROIDS,
+        "dtype": {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype],
+        "model_type": "gemma4_unified_assistant" if unified else "gemma4_assistant",
+        "text_config": tc,
+        "tie_word_embeddings": True,
+        "transformers_version": "5.23.0",
+        "use_ordered_embeddings": ordered,
+    }
+    cfg = dict(sorted(cfg.items()))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layout = gemma4.text_params(cfg)
+    specs = [st.TensorSpec(tensor_map.hf_name(t.name, "model."), dtype, t.shape) for t in layout.tensors()]
+    n_c, H, V = DRAFTER_CENTROIDS["num_centroids"], tc["hidden_size"], tc["vocab_size"]
+    if ordered:  # E2B/E4B: the centroid head (llama.cpp drops it) and its token permutation
+        specs += [st.TensorSpec("masked_embedding.centroids.weight", dtype, (n_c, H))]
+        specs += [st.TensorSpec("masked_embedding.token_ordering", "I64", (V,))]
+    chunk = st.CHUNK_BYTES // 4
+
+    def fill(spec: st.TensorSpec) -> Iterator[np.ndarray]:
+        if spec.dtype == "I64":
+            yield np.random.default_rng([seed, 7]).permutation(V).astype(np.int64)
+            return
+        for x in _values(spec.name, spec.shape, tc, seed, chunk):
+            yield st.convert_raw(x, "F32", spec.dtype)
+
+    st.write(out / "model.safetensors", specs, fill, metadata={"format": "pt"})
+    _write_files(out, cfg)
     return out
 
 

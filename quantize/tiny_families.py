@@ -176,3 +176,37 @@ AUDIO = {
     True: dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, output_proj_dims=96),
     "e2b": dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, output_proj_dims=1536),
 }
+
+# Assistant drafters (Gemma4AssistantForCausalLM), one per family: the release's layout (4 layers,
+# 3 sliding + 1 full, all reading the target's KV cache) shrunk. The attention widths must be the
+# target's (its cache is read as is); hidden 128 differs from the targets' 256 as the releases'
+# 256/1024 differ from theirs (llama.cpp refuses an assistant as wide as its backbone).
+DRAFTER_TEXT = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    layer_types=[S, S, S, F],
+    hidden_size_per_layer_input=0,
+    vocab_size_per_layer_input=0,
+    final_logit_softcapping=None,
+    enable_moe_block=False,
+    use_double_wide_mlp=False,
+)
+# the real E2B drafter (real-configs/drafters/gemma-4-E2B-it-assistant), for benchmarks
+DRAFTER_TEXT_REAL = {**DRAFTER_TEXT, "hidden_size": 256, "intermediate_size": 2048}
+# copied from the target: what reading its KV cache needs
+DRAFTER_FROM_TARGET = (
+    "head_dim",
+    "global_head_dim",
+    "num_key_value_heads",
+    "num_global_key_value_heads",
+    "attention_k_eq_v",
+    "sliding_window",
+    "vocab_size",
+    "max_position_embeddings",
+    "rope_parameters",
+)
+# E2B/E4B's releases use the centroid-masked head (use_ordered_embeddings); 32 clusters of 32 tokens
+DRAFTER_ORDERED = {"e2b", "e4b", "e2b-real"}
+DRAFTER_CENTROIDS = dict(num_centroids=32, centroid_intermediate_top_k=4)

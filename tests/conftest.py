@@ -180,3 +180,35 @@ def gemma4_template() -> str:
         member = tar.extractfile(GEMMA4_TEMPLATE)
         assert member is not None, GEMMA4_TEMPLATE
         return member.read().decode("utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny_drafter(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny_drafter(family)`` -> the cached assistant drafter checkpoint matched to ``tiny(family)``."""
+    from quantize.tiny import make_drafter
+
+    cache: dict[str, Path] = {}
+
+    def build(family: str = "e2b") -> Path:
+        if family not in cache:
+            cache[family] = make_drafter(tmp_path_factory.mktemp(f"drafter-{family}"), family)
+        return cache[family]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def drafter_gguf(tiny_drafter: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``drafter_gguf(family, quant)`` -> the cached drafter GGUF (arch gemma4-assistant)."""
+    from quantize.converter import convert
+
+    cache: dict[tuple[str, str], Path] = {}
+
+    def build(family: str = "e2b", quant: str = "F32") -> Path:
+        if (family, quant) not in cache:
+            out = tmp_path_factory.mktemp(f"drafter-gguf-{family}") / f"{family}-assistant-{quant}.gguf"
+            convert(tiny_drafter(family), out, quant=quant, mmproj_type=None)
+            cache[(family, quant)] = out
+        return cache[(family, quant)]
+
+    return build

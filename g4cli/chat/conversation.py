@@ -47,6 +47,13 @@ class Stats:
     ttft_s: float = 0.0
     dropped_turns: int = 0
     interrupted: bool = False  # the answer was stopped (Ctrl-C, a closed stream) before it ended
+    drafting: bool = False  # an assistant drafter proposed tokens (g4cli/chat/runtime/speculate.py)
+    draft_tokens: int = 0  # proposed
+    draft_accepted: int = 0  # proposed and kept
+
+    @property
+    def acceptance(self) -> float:
+        return self.draft_accepted / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
     def prompt_tps(self) -> float:
@@ -69,6 +76,14 @@ class Stats:
             "time_to_first_token_s": round(self.ttft_s, 4),
             "dropped_turns": self.dropped_turns,
             "interrupted": self.interrupted,
+            **(self.draft_dict() if self.drafting else {}),
+        }
+
+    def draft_dict(self) -> dict[str, Any]:
+        return {
+            "draft_tokens": self.draft_tokens,
+            "draft_accepted": self.draft_accepted,
+            "draft_acceptance": round(self.acceptance, 4),
         }
 
 

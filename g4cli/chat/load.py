@@ -105,6 +105,9 @@ def loaded(
         if verbose and model.offload is not None:  # the split, as `ollama ps` shows it
             render.info(model.offload.summary())
         try:
+            from g4cli.chat.drafting import attach_for
+
+            attach_for(model, choice, options)
             yield model
         finally:
             model.close()

@@ -29,6 +29,7 @@ LIMITS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
 }
 MIN_CTX = 64
 FLASH_ATTN = ("auto", "on", "off")
+DRAFT = ("auto", "on", "off")
 KV_TYPES = ("f16", "q8_0", "q4_0")
 IMAGE_TOKENS = (70, 1120)  # the per-image budget llama.cpp's gemma4 projectors accept
 
@@ -140,9 +141,14 @@ class LoadOptions:
     split_mode: str = "layer"  # several GPUs: llama.cpp's layer, row or none
     tensor_split: tuple[float, ...] = ()  # share of the layers per device (empty: by free memory)
     main_gpu: int = 0
+    draft: str = "auto"  # the assistant drafter: auto (when there is one), on (required), off
+    draft_max: int = 3  # most tokens drafted a round (llama.cpp's default)
+    drafter: Path | None = None  # a drafter GGUF; None: the one beside the model
 
     def validate(self) -> LoadOptions:
         _check(self)
+        if self.draft not in DRAFT:
+            raise UsageError(f"--draft {self.draft}: choose one of {', '.join(DRAFT)}")
         if self.ctx is not None and self.ctx < MIN_CTX:
             raise UsageError(f"--ctx {self.ctx} is too small (at least {MIN_CTX} tokens)")
         if self.flash_attn not in FLASH_ATTN:

@@ -82,6 +82,11 @@ def print_stats(stats: Stats) -> None:
         f"answer {stats.gen_tokens} tokens ({stats.gen_tps:.1f} tok/s) · "
         f"first token {stats.ttft_s * 1000:.0f} ms · peak memory {peak_rss_mb():.0f} MB[/]{stopped}"
     )
+    if stats.drafting:
+        info(
+            f"[dim]drafted {stats.draft_tokens} tokens, accepted {stats.draft_accepted} "
+            f"({stats.acceptance:.0%}) · {stats.gen_tokens - stats.draft_accepted} target passes[/]"
+        )
 
 
 def print_json(model_name: str, reply: Reply, attachments: list[Media]) -> None:

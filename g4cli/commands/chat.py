@@ -10,6 +10,9 @@ import typer
 
 from g4cli.options import (
     ChatThreadsOpt,
+    DrafterOpt,
+    DraftMaxOpt,
+    DraftOpt,
     FlashAttnOpt,
     GpuLayersOpt,
     ImageTokensOpt,
@@ -66,6 +69,9 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     kv_type: KvTypeOpt = "f16",
     image_tokens: ImageTokensOpt = None,
     rpc: RpcOpt = None,
+    draft: DraftOpt = "auto",
+    draft_max: DraftMaxOpt = 3,
+    drafter: DrafterOpt = None,
     mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
     schema: Annotated[
         str | None,
@@ -115,6 +121,7 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
       g4 chat e4b --local "hi"                  # never through a running g4 serve
       g4 chat 31b --rpc 127.0.0.1:50052 "hi"    # layers on a g4 rpc-server too (ssh -L to reach it)
       g4 chat 31b --tensor-split 3,1 -v "hi"    # two GPUs, 3:1; -v prints the split
+      g4 chat e4b --draft off "hi"              # without the assistant drafter (same answer, slower)
     """
     import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/chat/runtime/model.py)
 
@@ -149,6 +156,9 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
             kv_type=kv_type,
             image_tokens=image_tokens,
             rpc=rpc,
+            draft=draft,
+            draft_max=draft_max,
+            drafter=drafter,
         ),
         mic=MicOptions(input_device=input_device, silence=silence, max_seconds=max_seconds, save_audio=save_audio),
         image=image or [],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from g4cli.options import JsonOpt
@@ -34,9 +35,16 @@ def list(json: JsonOpt = False) -> None:
         return
     table = [("NAME", "QUANT", "SIZE", "CAPABILITIES", "PATH")]
     for e in models:
-        table.append((e.name, e.quant.lower(), human_bytes(e.size), " ".join(e.capabilities) or "-", str(e.gguf)))
+        caps = [*e.capabilities, *(["draft"] if drafter(e) else [])]  # draft: a drafter beside it
+        table.append((e.name, e.quant.lower(), human_bytes(e.size), " ".join(caps) or "-", str(e.gguf)))
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     out("".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + f"  {r[4]}\n" for r in table))
+
+
+def drafter(e: ModelEntry) -> Path | None:
+    """The assistant drafter pulled beside the model (manifest role "drafter"), if any."""
+    f = e.manifest.get("files", {}).get("drafter")
+    return e.dir / f["name"] if f else None
 
 
 def row(e: ModelEntry) -> dict:
@@ -49,5 +57,6 @@ def row(e: ModelEntry) -> dict:
         "capabilities": e.capabilities,
         "path": str(e.gguf),
         "mmproj": str(e.mmproj) if e.mmproj else None,
+        "drafter": str(drafter(e)) if drafter(e) else None,
         "source": e.manifest.get("source", {}),
     }

@@ -37,6 +37,9 @@ def pull(
             help="Then compare it with the unquantized model (KLD, same top-1, perplexity; implies --keep-source).",
         ),
     ] = False,
+    no_draft: Annotated[
+        bool, typer.Option("--no-draft", help="Do not fetch the model's assistant drafter (<repo>-assistant).")
+    ] = False,
 ) -> None:
     """Download a Gemma 4 model from Hugging Face and quantize it into g4's store.
 
@@ -45,8 +48,9 @@ def pull(
     anyway). Downloads go to the Hugging Face cache (HF_HOME, HF_HUB_CACHE; HF_TOKEN,
     HF_ENDPOINT and HF_HUB_OFFLINE=1 are honoured), every weight file checked against the
     Hub's sha256; an interrupted download continues where it stopped on the next g4 pull.
-    Models go to $G4_HOME (default ~/.local/share/g4). Prints the GGUF path on stdout; pulling
-    a model that is already there does nothing.
+    Models go to $G4_HOME (default ~/.local/share/g4), with the model's assistant drafter
+    (<repo>-assistant, for g4 chat's drafting) beside it unless --no-draft. Prints the GGUF path
+    on stdout; pulling a model that is already there does nothing.
 
     Google's QAT checkpoints (e4b-qat, ...: google/gemma-4-*-it-qat-q4_0-unquantized) become
     QAT-aware Q4_0 (q4_0_qat) by default. A repo of ready GGUF files (hf.co/ORG/REPO[:QUANT], or
@@ -57,7 +61,8 @@ def pull(
     Examples:
 
     \b
-      g4 pull e4b                          # google/gemma-4-E4B-it -> Q4_K_M
+      g4 pull e4b                          # google/gemma-4-E4B-it -> Q4_K_M, + its drafter
+      g4 pull e2b --no-draft               # without google/gemma-4-E2B-it-assistant
       g4 pull 26b:q8_0
       g4 pull e4b-qat                      # QAT checkpoint -> QAT-aware Q4_0
       g4 pull hf.co/ggml-org/gemma-4-E4B-it-GGUF:Q8_0
@@ -78,6 +83,7 @@ def pull(
         remove_download=remove_download,
         threads=threads,
         name=name,
+        draft=not no_draft,
     )
     if result.already:
         info(f"{result.entry.tag} is already pulled ({result.entry.dir})")

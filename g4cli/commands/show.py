@@ -67,9 +67,11 @@ def lines(e: ModelEntry) -> list[tuple[str, str]]:
         rows.append(("quant mix", "; ".join(parts)))
     if mem:
         media = f"; +{h(mem['projector'])} with images or audio" if mem.get("projector") else ""
+        media += f"; drafter {h(mem['drafter'])} included" if mem.get("drafter") else ""
         rows.append(("memory", f"{h(mem['total'])} at {mem['ctx']} context (KV cache {h(mem['kv_cache'])}{media})"))
     for role, f in m.get("files", {}).items():
-        rows.append((f"file ({role})", f"{f['name']} {h(f['size'])} sha256 {f['sha256']}"))
+        label = {"drafter": "draft"}.get(role, role)  # within the label column
+        rows.append((f"file ({label})", f"{f['name']} {h(f['size'])} sha256 {f['sha256']}"))
     rows.append(("path", str(e.dir)))
     rows.append(("offload", offload_line(e)))
     return rows

@@ -134,7 +134,7 @@ def _receive(url: str, headers: dict[str, str], f: RemoteFile, part: _Partial, r
         if r.status_code == 416:
             raise DownloadError(f"{f.path}: the server has fewer bytes than the {f.size} the Hub lists")
         hf_raise_for_status(r)
-        if part.have and (r.status_code != 206 or not _range_starts_at(r, part.have)):  # Range ignored
+        if part.have and (r.status_code != 206 or not range_starts_at(r, part.have)):  # Range ignored
             part.restart()
         with open(part.path, "ab", buffering=0) as out:  # unbuffered: on disk as soon as received
             for chunk in r.iter_bytes():
@@ -186,7 +186,7 @@ def _transfer(snap: Snapshot, f: RemoteFile, partial: Path, report: Callable[[Re
     return part.have - start
 
 
-def _range_starts_at(r, offset: int) -> bool:
+def range_starts_at(r, offset: int) -> bool:
     m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
     return bool(m) and int(m.group(1)) == offset
 

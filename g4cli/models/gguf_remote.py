@@ -16,7 +16,7 @@ from pathlib import Path
 
 from g4cli.errors import DownloadError
 from g4cli.models import ggufmeta
-from g4cli.models.download import _range_starts_at
+from g4cli.models.download import range_starts_at
 from g4cli.models.gguf_check import Header, _refuse, arch_values, check_parts, check_projector_header, checked
 from g4cli.models.hub import RemoteFile, Snapshot, hub_errors
 
@@ -64,7 +64,7 @@ def _fetch(snap: Snapshot, f: RemoteFile, start: int, stop: int) -> bytes:
             if r.status_code >= 400:
                 r.read()
             hf_raise_for_status(r)
-            if r.status_code == 206 and not _range_starts_at(r, start):
+            if r.status_code == 206 and not range_starts_at(r, start):
                 raise DownloadError(f"{f.path}: the Hub answered bytes={start}- with {r.headers.get('Content-Range')}")
             skip = 0 if r.status_code == 206 else start  # 200: the Range was ignored, the body is the file
             for chunk in r.iter_bytes():

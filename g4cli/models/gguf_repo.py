@@ -131,7 +131,7 @@ def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any
     """Under the model's lock: the headers and the fit estimate, the download, the checks of the
     whole files, the files into the store, the manifest."""
     from g4cli.models import download, gguf_remote
-    from g4cli.models.pull import _check_fit as check_fit
+    from g4cli.models.pull import check_fit
     from g4cli.render import human_bytes, info
 
     assert ref.repo is not None

@@ -52,6 +52,7 @@ class PullOptions:
     keep_source: bool = False  # keep the unquantized GGUF
     remove_download: bool = False  # delete the safetensors from the HF cache once converted
     threads: int | None = None
+    draft: bool = True  # also the model's assistant drafter (catalog models), as drafter.gguf
 
 
 def pull(text: str, *, quant: str | None = None, name: str | None = None, **options: Any) -> Pulled:
@@ -119,7 +120,7 @@ def _exclusive(name: str, quant: str, tag: str) -> Iterator[None]:
 
 def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOptions) -> store.ModelEntry:
     """Under the model's lock: the fit check, the download (from the Hub), convert, the manifest."""
-    from g4cli.models import download, fit, hub
+    from g4cli.models import download, drafter_pull, fit, hub
     from g4cli.render import ByteProgress
     from quantize.checkpoint import open_checkpoint, read_json
 
@@ -154,7 +155,11 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
         source = {"repo": snap.repo, "revision": snap.revision, "commit": snap.commit}
         to_fetch, cache = snap.remaining_bytes(), snap.storage
     est = fit.estimate(read_json(checkpoint / "config.json"), quant=quant, source_bytes=weights, download=to_fetch)
-    _check_fit(tag, est, fit.disk_needs(est, store.store_root(), cache), opts.force)
+    needs = fit.disk_needs(est, store.store_root(), cache)
+    drafter = drafter_pull.plan(ref, quant) if opts.draft and snap is not None else None
+    if drafter is not None:
+        drafter_pull.add_needs(drafter, needs)
+    check_fit(tag, est, needs, opts.force, drafter.file if drafter is not None else 0)
 
     progress = ByteProgress()
     update = _with_test_pause(progress.update)
@@ -165,6 +170,8 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
             if fetched:
                 info(f"downloaded {human_bytes(fetched)} into {snap.storage} (sha256 verified)")
         files = _convert(checkpoint, directory, quant, opts.keep_source, opts.threads, update)
+        if drafter is not None:
+            files["drafter"] = drafter_pull.fetch(drafter, directory, quant, opts.threads, update)
     entry = _finish(ref.name, quant, directory, checkpoint, source, files, est)
     if snap is not None and opts.remove_download:
         freed = download.remove_weights(snap)
@@ -172,8 +179,9 @@ def _pull(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: PullOpt
     return entry
 
 
-def _check_fit(tag: str, est: Estimate, needs: list[DiskNeed], force: bool) -> None:
-    """Print the fit estimate on stderr; refuse a disk that is too small unless ``force``."""
+def check_fit(tag: str, est: Estimate, needs: list[DiskNeed], force: bool, drafter: int = 0) -> None:
+    """Print the fit estimate on stderr; refuse a disk that is too small unless ``force``.
+    ``drafter``: the assistant drafter's file, held in memory beside the model's weights."""
     from g4cli.models import fit
     from g4cli.models.fit import mem_available
 
@@ -184,15 +192,18 @@ def _check_fit(tag: str, est: Estimate, needs: list[DiskNeed], force: bool) -> N
     parts = [f"download {h(est.download)}"] if est.download else []
     parts += [f"intermediate {h(est.intermediate)}"] if est.intermediate else []
     parts += [f"model {h(est.text)}"] + ([f"projector {h(est.projector)}"] if est.projector else [])
+    parts += [f"drafter {h(drafter)}"] if drafter else []
     free = ", ".join(f"{h(n.free)} free on {n.path}" for n in needs)
     info(f"  disk     {h(sum(n.need for n in needs)):>9}  ({' + '.join(parts)}); {free}")
     mem = [f"weights {h(est.weights)}" + (f" + PLE table {h(est.ple)} read as used" if est.ple else "")]
+    mem += [f"drafter {h(drafter)}"] if drafter else []
     mem += [f"KV cache {h(est.kv_cache)} at {est.ctx} context", f"compute {h(est.compute + fit.RUNTIME)}"]
     mem += [f"+ projector {h(est.projector)} once an image or audio is sent"] if est.projector else []
     available = mem_available()
-    info(f"  memory   {h(est.memory):>9}  ({', '.join(mem)})" + (f"; {h(available)} available" if available else ""))
-    if available is not None and est.memory > available:
-        warn(f"{tag} needs about {h(est.memory)} of memory and {h(available)} is available: it may not load")
+    memory = est.memory + drafter
+    info(f"  memory   {h(memory):>9}  ({', '.join(mem)})" + (f"; {h(available)} available" if available else ""))
+    if available is not None and memory > available:
+        warn(f"{tag} needs about {h(memory)} of memory and {h(available)} is available: it may not load")
     short = [n for n in needs if n.short]
     if short and not force:
         raise DiskSpaceError(
@@ -331,9 +342,10 @@ def manifest_for(
             "weights": written.weights,
             "ple": written.ple,
             "projector": sizes.get("mmproj", 0),  # loaded with the first image or audio
+            "drafter": sizes.get("drafter", 0),  # its KV cache is the model's
             "kv_cache": written.kv_cache,
             "compute": written.compute + fit.RUNTIME,
-            "total": written.memory,
+            "total": written.memory + sizes.get("drafter", 0),
         },
     }
 

@@ -59,8 +59,9 @@ class Decoder:
         self.finish = "stop"
         self.t_first: float | None = None
 
-    def step(self, row: int = -1) -> tuple[list[Event], int | None]:
-        """Sample from output ``row``; (events, the token to feed next or None when done)."""
+    def step(self, row: int = -1, n_past: int | None = None) -> tuple[list[Event], int | None]:
+        """Sample from output ``row``; (events, the token to feed next or None when done).
+        ``n_past``: the positions the answer holds so far, when the cache holds more (drafts)."""
         stats = self.stats
         if stats.gen_tokens >= self.limit:
             self.finish = "length"
@@ -74,7 +75,7 @@ class Decoder:
             return self.splitter.finish(), None
         control = self.model.control(tok)
         events = self.splitter.feed(control, b"" if control else self.model.piece_bytes(tok))
-        if self.seq.n_past >= self.n_ctx:
+        if (self.seq.n_past if n_past is None else n_past) >= self.n_ctx:
             self.finish = "context"
             return events + self.splitter.finish(), None
         return events, tok
@@ -101,8 +102,13 @@ def answer_turns(
         stats.prompt_tokens, stats.prompt_eval_tokens = prefill(model, seq, prompt)
     stats.prompt_s = time.perf_counter() - t0
     decoder = Decoder(model, seq, sampling, stats, t0)
+    drafter = getattr(model, "drafter", None)  # an assistant attached by g4cli.chat.runtime.draft.attach
     try:
-        while True:
+        if drafter is not None:
+            from g4cli.chat.runtime.speculate import speculate
+
+            yield from speculate(model, seq, decoder, drafter, model.draft_max)
+        while drafter is None:
             events, tok = decoder.step()
             yield from events
             if tok is None:

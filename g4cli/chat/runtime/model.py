@@ -497,6 +497,9 @@ class Model(Handle):
             seq.clear()
 
     def close(self) -> None:
+        if getattr(self, "drafter", None) is not None:  # it reads this context: freed first
+            self.drafter.close()
+            self.drafter = None
         for attr, free in (
             ("_batch", llama_cpp.llama_batch_free),
             ("_mtmd", mtmd.mtmd_free),
