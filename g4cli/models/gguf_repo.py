@@ -157,18 +157,21 @@ def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any
         caps = gguf_check.check_projector(snap.pointer(choice.mmproj), int(values.get("embedding_length", 0)))[1]
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
+    hashes: dict[str, str] = {}  # checked against the Hub's listing above: not read again for the manifest
     n = len(choice.parts)
     for i, f in enumerate(choice.parts):
         name = store.MODEL_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.gguf"  # llama.cpp finds splits by name
-        files["model" if i == 0 else f"model-{i + 1}"] = _place(snap.pointer(f), directory / name)
+        role = "model" if i == 0 else f"model-{i + 1}"
+        files[role], hashes[role] = _place(snap.pointer(f), directory / name), str(f.sha256)
     if choice.mmproj:
         files["mmproj"] = _place(snap.pointer(choice.mmproj), directory / store.MMPROJ_FILE)
+        hashes["mmproj"] = str(choice.mmproj.sha256)
     info(f"checked {len(wanted)} file{'s' * (len(wanted) > 1)}: sha256 as the Hub lists, headers whole")
     hp = layout(values, {t.name: t.shape for h in headers for t in h.tensors})  # from the files, as checked
     sizes = {role: p.stat().st_size for role, p in files.items()}
     text = sum(v for role, v in sizes.items() if role.startswith("model"))
     est = estimate(headers, hp, quant, text, sizes.get("mmproj", 0))
-    manifest = _describe(ref.name, quant, files, caps, hp, headers, est)
+    manifest = _describe(ref.name, quant, files, caps, hp, headers, est, hashes)
     manifest["source"] = {
         "repo": snap.repo, "revision": snap.revision, "commit": snap.commit, "gguf": [f.path for f in wanted],
     }  # fmt: skip
@@ -182,7 +185,9 @@ def pull_into(ref: catalog.Ref, quant: str, tag: str, directory: Path, opts: Any
     return entry
 
 
-def _describe(name: str, quant: str, files: dict[str, Path], caps: dict[str, bool], hp: Any, headers, est) -> dict:
+def _describe(
+    name: str, quant: str, files: dict[str, Path], caps: dict[str, bool], hp: Any, headers, est, hashes: dict[str, str]
+) -> dict:
     from g4cli.models.pull import manifest_for
 
     mix: dict[str, dict[str, int]] = {}
@@ -192,7 +197,8 @@ def _describe(name: str, quant: str, files: dict[str, Path], caps: dict[str, boo
             row["tensors"] += 1
             row["bytes"] += h.sizes[t]
     caps = {**caps, "experts": hp.n_expert > 0, "ple": hp.ple_dim > 0}
-    return manifest_for(name, quant, files, caps, hp, dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"])), est)
+    mix = dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
+    return manifest_for(name, quant, files, caps, hp, mix, est, hashes)
 
 
 def _place(cached: Path, dest: Path) -> Path:

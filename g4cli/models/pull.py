@@ -301,10 +301,19 @@ def describe(name: str, quant: str, checkpoint: Path, files: dict[str, Path], es
 
 
 def manifest_for(
-    name: str, quant: str, files: dict[str, Path], caps: dict[str, bool], hp: Layout, mix: dict, written: Estimate
+    name: str,
+    quant: str,
+    files: dict[str, Path],
+    caps: dict[str, bool],
+    hp: Layout,
+    mix: dict,
+    written: Estimate,
+    hashes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The manifest's fields (a converted model's, and a GGUF repo's: ``gguf_repo``); ``written``:
-    the estimate with the sizes of the files as written."""
+    the estimate with the sizes of the files as written; ``hashes``: sha256 by role already checked
+    (a GGUF repo's files, against the Hub's listing), the others are read and hashed here."""
+    hashes = hashes or {}
     from g4cli.models import fit
 
     n_swa = sum(hp.is_swa)
@@ -316,7 +325,8 @@ def manifest_for(
         "pulled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {},
         "files": {
-            role: {"name": p.name, "size": sizes[role], "sha256": store.sha256_file(p)} for role, p in files.items()
+            role: {"name": p.name, "size": sizes[role], "sha256": hashes.get(role) or store.sha256_file(p)}
+            for role, p in files.items()
         },
         "capabilities": caps,
         "architecture": {
