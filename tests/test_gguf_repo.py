@@ -98,6 +98,9 @@ def test_pull_a_tag_with_its_projector_then_list_show_chat_rm(hub, repos, run_g4
     manifest = json.loads((store_dir("Q8_0") / "manifest.json").read_text())
     assert manifest["source"]["repo"] == REPO and len(manifest["source"]["commit"]) == 40
     assert manifest["source"]["gguf"] == [f"{STEM}-Q8_0.gguf", f"mmproj-{STEM}-F16.gguf"]
+    assert {f["name"]: f["sha256"] for f in manifest["files"].values()} == {
+        p.name: sha256(p) for p in (model, model.with_name("mmproj.gguf"))
+    }  # the Hub's listed hashes, which are the stored files' own
     assert manifest["capabilities"] == {"vision": True, "audio": True, "experts": False, "ple": True}
     assert manifest["architecture"]["arch"] == "gemma4" and manifest["memory"]["total"] > 0
     assert "Q8_0" in manifest["quant_mix"]
