@@ -85,6 +85,14 @@ DraftOpt = Annotated[
     ),
 ]
 DraftMaxOpt = Annotated[int, typer.Option("--draft-max", min=1, max=16, help="Most tokens drafted a round.")]
+BatchInvariantOpt = Annotated[
+    bool,
+    typer.Option(
+        "--batch-invariant",
+        help="Compute every token as a row of a batch, as drafting's verify batches do: answers with and "
+        "without the drafter then match bit for bit (decoding without a drafter gets slower).",
+    ),
+]
 DrafterOpt = Annotated[
     Path | None,
     typer.Option("--drafter", help="A drafter GGUF (arch gemma4-assistant); default: the one beside the model."),

@@ -1,23 +1,21 @@
 """Drafting changes nothing but speed: on every tiny target + drafter pair, greedy tokens with the
 drafter equal those without, token for token.
 
-NOT met in full: the issue asks for 200 equal tokens; on e2b, e4b and 26b-a4b the answers part
-after 130-160 tokens (independently of the context size), at a token where the plain run and a
-batched re-evaluation of the same history already disagree (e2b: top-2 margin 0.045): llama.cpp
-computes a token's logits differently in a batch than alone. With the drafter attached but no
-drafts (single rows, the hidden-state output on) the 200 tokens are identical. ``SAME`` is what
-holds on every pair; ``test_greedy_200`` records the full requirement (xfail where it does not
-hold). After an image the answers part after 12-30 tokens (xfail), and there the cause is pinned
-down: with 512 or more cells in the cache view, llama.cpp's CPU flash attention computes a
-single-token decode on a split-KV path (``ggml-cpu/ops.cpp:9490``, ``neq1 == 1 && nek1 >= 512``)
-that sums in another order than any batch does; the first rows of a 4-token batch then differ
-from single decodes by 0.21 (logits of ~10), and by 0.0 with flash attention off.
+Two decodes are compared. With ``batch_invariant`` (``--batch-invariant``) every token is computed
+as a row of a batch, as the verify batches compute them, and 200 tokens are the same bit for bit
+on every pair, across sliding-window boundaries and after an image (``test_greedy_200*``).
+By default a lone token is computed by other llama.cpp kernels than a row of a batch
+(``test_a_lone_row_is_computed_apart``: llamafile's sgemm only takes 2+ rows, K-quants' repacked
+gemm vs gemv, flash attention's split-KV path for one query over 512+ cells), so by default the
+answers agree only until a near-tie: on one machine after 130-160 tokens, on another after 13
+(tiny random models have many near-ties; the kernels llama.cpp picks depend on the CPU).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FAMILIES
 
@@ -25,7 +23,6 @@ from g4cli.chat.conversation import Stats, Turn
 from g4cli.chat.settings import Sampling
 
 N = 200
-SAME = 100  # answer tokens equal on every pair (see above)
 PROMPT = "Tell me a long story about a cat."
 
 
@@ -49,18 +46,33 @@ def endless(tmp_path_factory):
     return build
 
 
-def answer(target: Path, drafter: Path | None, turns: list[Turn], n: int = N) -> tuple[list, Stats]:
-    """What the target's cache holds afterwards (prompt and answer, in units) and the stats."""
-    from g4cli.chat.runtime.draft import attach
+def load(target: Path, batch_invariant: bool = False):
     from g4cli.chat.runtime.model import Model
 
     mmproj = target.with_name(f"mmproj-{target.stem}.gguf")
-    with Model(target, mmproj if mmproj.exists() else None, n_ctx=2048) as model:
+    return Model(target, mmproj if mmproj.exists() else None, n_ctx=2048, batch_invariant=batch_invariant)
+
+
+def answer(
+    target: Path, drafter: Path | None, turns: list[Turn], n: int = N, batch_invariant: bool = False
+) -> tuple[list, Stats]:
+    """What the target's cache holds afterwards (prompt and answer, in units) and the stats."""
+    from g4cli.chat.runtime.draft import attach
+
+    with load(target, batch_invariant) as model:
         if drafter is not None:
             attach(model, drafter, 3)
         stats = Stats()
         list(model.generate(turns, Sampling(temperature=0.0, max_tokens=n), stats))
+        assert model.sequences[0].n_past > sliding_window(target)  # the answer crossed the window
         return list(model.sequences[0].units), stats
+
+
+def sliding_window(target: Path) -> int:
+    from g4cli.models.ggufmeta import read_values
+
+    key = "gemma4.attention.sliding_window"
+    return int(read_values(target, {key})[key])
 
 
 def same_prefix(a: list, b: list) -> int:
@@ -68,44 +80,60 @@ def same_prefix(a: list, b: list) -> int:
 
 
 @pytest.mark.parametrize("family", [*FAMILIES, "12b"])
-def test_greedy_same_with_and_without_drafter(endless, family: str) -> None:
+def test_greedy_200(endless, family: str) -> None:
     target, drafter = endless(family)
     turns = [Turn("user", PROMPT)]
-    plain, s0 = answer(target, None, turns)
-    drafted, s1 = answer(target, drafter, turns)
+    plain, s0 = answer(target, None, turns, batch_invariant=True)
+    drafted, s1 = answer(target, drafter, turns, batch_invariant=True)
     assert s0.gen_tokens == s1.gen_tokens == N
-    n_prompt = len(plain) - N
-    assert same_prefix(drafted, plain) >= n_prompt + SAME
+    assert drafted == plain
     assert s1.drafting and s1.draft_tokens >= N  # it drafted all along (3 a round, all but the first)
     assert not s0.drafting
 
 
-@pytest.mark.parametrize(
-    "family",
-    [
-        *(pytest.param(f, marks=pytest.mark.xfail(reason="batch vs single-row logits: see the docstring"))
-          for f in ("e2b", "e4b", "26b-a4b")),
-        "31b",
-        "12b",
-    ],
-)  # fmt: skip
-def test_greedy_200(endless, family: str) -> None:
-    target, drafter = endless(family)
-    turns = [Turn("user", PROMPT)]
-    assert answer(target, drafter, turns)[0] == answer(target, None, turns)[0]
-
-
-@pytest.mark.xfail(reason="after an image: flash attention's split-KV path for single-token decodes, see the docstring")
-@pytest.mark.parametrize("family", ["e2b", "e4b"])
-def test_greedy_same_after_an_image(endless, media_dir, family: str) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_200_after_an_image(endless, media_dir, family: str) -> None:
+    """E2B/E4B read an image causally, 26B/31B in one non-causal ubatch; 1,120 image tokens put
+    the cache past the 512 cells where a lone row takes flash attention's split-KV path."""
     from g4cli.chat import media
 
     target, drafter = endless(family)
     turns = [Turn("user", "What is in this picture? " + PROMPT, [media.load(media_dir["photo"])])]
-    plain, _ = answer(target, None, turns)
-    drafted, stats = answer(target, drafter, turns)
-    assert same_prefix(drafted, plain) >= len(plain) - N + SAME
-    assert stats.gen_tokens == N and stats.draft_tokens > 0
+    plain, s0 = answer(target, None, turns, batch_invariant=True)
+    drafted, s1 = answer(target, drafter, turns, batch_invariant=True)
+    assert any(not isinstance(u, int) for u in plain[: len(plain) - N])  # the image is in the prompt
+    assert drafted == plain
+    assert s1.gen_tokens == N and s1.draft_tokens >= N
+
+
+def lone_vs_batched(target: Path, batch_invariant: bool) -> float:
+    """Largest logit difference, over 36 tokens t, between t decoded alone after 340 tokens and t
+    as the first row of the batch [t, t + 1] (which row 0 does not attend to). With flash
+    attention on (the CPU default) a lone row parts from a batch row once the cache view holds
+    256+ cells; with it off, at any length."""
+    from g4cli.chat.runtime.speculate import VerifyBatch
+
+    with load(target, batch_invariant) as model, VerifyBatch(2) as batch:
+        seq = model.sequences[0]
+        history = model.tokenize(model.render([Turn("user", PROMPT)])) + [300 + i for i in range(300)]
+        worst = 0.0
+        for t in range(100, 1000, 25):
+            out = []
+            for rows in ([t], [t, t + 1]):
+                seq.clear()
+                model.decode(seq, history, logits_last=False)
+                batch.decode(model, seq, rows)
+                out.append(model.logits(0))
+            worst = max(worst, float(np.abs(out[0] - out[1]).max()))
+        return worst
+
+
+def test_a_lone_row_is_computed_apart(endless) -> None:
+    """Why the default decode may part from drafting's: llama.cpp computes a lone token by other
+    kernels than a row of a batch. ``batch_invariant`` pads the lone row into a batch."""
+    target, _ = endless("e2b")
+    assert lone_vs_batched(target, batch_invariant=False) > 1e-3
+    assert lone_vs_batched(target, batch_invariant=True) == 0.0
 
 
 class Oracle:
@@ -131,7 +159,7 @@ def test_accepted_drafts_same_answer(endless, monkeypatch) -> None:
 
     target, drafter_path = endless("e4b")
     turns = [Turn("user", PROMPT)]
-    plain, _ = answer(target, None, turns, SAME)
+    plain, _ = answer(target, None, turns, batch_invariant=True)
     original = draft.attach
 
     def oracle_attach(model, path, n_max=3):
@@ -140,10 +168,10 @@ def test_accepted_drafts_same_answer(endless, monkeypatch) -> None:
         return real
 
     monkeypatch.setattr(draft, "attach", oracle_attach)
-    drafted, stats = answer(target, drafter_path, turns, SAME)
+    drafted, stats = answer(target, drafter_path, turns, batch_invariant=True)
     assert drafted == plain
     assert 0.5 < stats.acceptance < 1.0, (stats.draft_accepted, stats.draft_tokens)
-    assert model_calls(stats) < SAME * 0.6  # fewer target passes than tokens
+    assert model_calls(stats) < N * 0.6  # fewer target passes than tokens
 
 
 def model_calls(stats: Stats) -> int:
@@ -157,7 +185,7 @@ def test_without_rollback_the_answer_changes(endless, monkeypatch) -> None:
 
     target, drafter = endless("e4b")
     turns = [Turn("user", PROMPT)]
-    plain, _ = answer(target, None, turns)
+    plain, _ = answer(target, None, turns, batch_invariant=True)
     monkeypatch.setattr(Sequence, "keep", lambda self, n_units: None)
-    broken, _ = answer(target, drafter, turns)
-    assert same_prefix(broken, plain) < len(plain) - N + SAME
+    broken, _ = answer(target, drafter, turns, batch_invariant=True)
+    assert broken[: len(plain)] != plain

@@ -33,6 +33,7 @@ def open_model(choice: Choice, options: LoadOptions, *, n_seq: int = 1) -> Model
         kv_type=options.kv_type,
         image_tokens=options.image_tokens,
         offload=placement,
+        batch_invariant=options.batch_invariant,
     )
 
 

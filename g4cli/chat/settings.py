@@ -144,6 +144,7 @@ class LoadOptions:
     draft: str = "auto"  # the assistant drafter: auto (when there is one), on (required), off
     draft_max: int = 3  # most tokens drafted a round (llama.cpp's default)
     drafter: Path | None = None  # a drafter GGUF; None: the one beside the model
+    batch_invariant: bool = False  # a lone token decoded as a row of a batch (runtime/model.py: submit)
 
     def validate(self) -> LoadOptions:
         _check(self)

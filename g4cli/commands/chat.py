@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from g4cli.options import (
+    BatchInvariantOpt,
     ChatThreadsOpt,
     DrafterOpt,
     DraftMaxOpt,
@@ -72,6 +73,7 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
     draft: DraftOpt = "auto",
     draft_max: DraftMaxOpt = 3,
     drafter: DrafterOpt = None,
+    batch_invariant: BatchInvariantOpt = False,
     mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Projector GGUF for a model given as a path.")] = None,
     schema: Annotated[
         str | None,
@@ -159,6 +161,7 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
             draft=draft,
             draft_max=draft_max,
             drafter=drafter,
+            batch_invariant=batch_invariant,
         ),
         mic=MicOptions(input_device=input_device, silence=silence, max_seconds=max_seconds, save_audio=save_audio),
         image=image or [],

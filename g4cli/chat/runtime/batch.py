@@ -39,9 +39,7 @@ class StepBatch(Handle):
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = seq.seq_id
             b.logits[i] = True
-        rc = llama_cpp.llama_decode(model.ctx, b)
-        if rc != 0:
-            raise RuntimeFailure(f"llama.cpp could not decode (code {rc}): the KV cache may be full")
+        model.submit(b)
         for seq, tok in entries:
             seq.added([tok], 1)
 

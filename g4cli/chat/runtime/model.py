@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp  # before numpy: a numpy-first import crashed a CUDA build at model load
 import llama_cpp.mtmd_cpp as mtmd
@@ -123,8 +123,10 @@ class Model(Handle):
         kv_type: str = "f16",
         image_tokens: int | None = None,
         offload: Plan | None = None,  # --gpu-layers auto, --split-mode, --tensor-split (runtime/offload.py)
+        batch_invariant: bool = False,  # --batch-invariant: see submit()
     ) -> None:
         self.path = Path(gguf)
+        self.batch_invariant = batch_invariant
         self.offload = offload
         self.mmproj = Path(mmproj) if mmproj else None
         self.name = self.path.name
@@ -443,10 +445,35 @@ class Model(Handle):
                 b.logits[j] = False
             if logits_last and start + len(part) == len(tokens):
                 b.logits[len(part) - 1] = True
-            rc = llama_cpp.llama_decode(self.ctx, b)
-            if rc != 0:
-                raise RuntimeFailure(f"llama.cpp could not decode (code {rc}): {self._log.last_error()}")
+            self.submit(b)
             seq.added(part, len(part))
+
+    def submit(self, b: Any) -> None:
+        """``llama_decode`` of batch ``b`` (its rows for one sequence or several).
+
+        llama.cpp's CPU kernels compute a lone row differently from a row of a larger batch
+        (llamafile's sgemm takes only batches of 2+ rows, K-quants' repacked gemm vs gemv, flash
+        attention's split-KV path for one query over 512+ cells): logits differ by up to ~0.5,
+        enough to change a greedy pick at a near-tie. With ``batch_invariant`` a lone row goes
+        with a throwaway copy of itself one position on (removed again), so that every token is
+        computed as a row of a batch, as drafting's verify batches compute them: answers with
+        and without a drafter are then the same bit for bit. Decoding without a drafter costs up
+        to twice as much on a CPU (the copy is computed too).
+        """
+        pad = self.batch_invariant and b.n_tokens == 1 and b.pos[0] + 1 < self.n_ctx
+        if pad:
+            b.token[1], b.pos[1], b.n_seq_id[1], b.logits[1] = b.token[0], b.pos[0] + 1, 1, False
+            b.seq_id[1][0] = b.seq_id[0][0]
+            b.n_tokens = 2
+        try:
+            rc = llama_cpp.llama_decode(self.ctx, b)
+        finally:
+            if pad:
+                b.n_tokens = 1
+                llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), b.seq_id[0][0], b.pos[0] + 1, -1)
+        if rc != 0:
+            detail = self._log.last_error() or "the KV cache may be full"
+            raise RuntimeFailure(f"llama.cpp could not decode (code {rc}): {detail}")
 
     def eval_media(self, seq: Sequence, chunk: object, unit: MediaUnit, logits_last: bool) -> None:
         """Encode a media chunk and decode its embeddings into ``seq``. A non-causal one goes in

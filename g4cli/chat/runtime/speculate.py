@@ -27,7 +27,6 @@ import llama_cpp
 
 from g4cli.chat.conversation import Event
 from g4cli.chat.runtime.handle import Handle
-from g4cli.errors import RuntimeFailure
 
 if TYPE_CHECKING:
     from g4cli.chat.runtime.cache import Sequence
@@ -51,9 +50,7 @@ class VerifyBatch(Handle):
         for j, tok in enumerate(tokens):
             b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, seq.n_past + j, 1, True
             b.seq_id[j][0] = seq.seq_id
-        rc = llama_cpp.llama_decode(model.ctx, b)
-        if rc != 0:
-            raise RuntimeFailure(f"llama.cpp could not decode (code {rc}): the KV cache may be full")
+        model.submit(b)
         seq.added(tokens, len(tokens))
 
     def close(self) -> None:
