@@ -99,7 +99,7 @@ def test_greedy_200_after_an_image(endless, media_dir, family: str) -> None:
 
     target, drafter = endless(family)
     turns = [Turn("user", "What is in this picture? " + PROMPT, [media.load(media_dir["photo"])])]
-    plain, s0 = answer(target, None, turns, batch_invariant=True)
+    plain, _ = answer(target, None, turns, batch_invariant=True)
     drafted, s1 = answer(target, drafter, turns, batch_invariant=True)
     assert any(not isinstance(u, int) for u in plain[: len(plain) - N])  # the image is in the prompt
     assert drafted == plain
