@@ -56,9 +56,9 @@ def timed(fn) -> float:
 
 def costs(model_path: Path, drafter_path: Path, k: int, n_prompt: int, repeat: int) -> dict[str, float]:
     """Median seconds of a single decode, a k+1 verify batch and a draft step, interleaved."""
+    from g4cli.chat.runtime.batch import StepBatch
     from g4cli.chat.runtime.draft import attach
     from g4cli.chat.runtime.model import Model
-    from g4cli.chat.runtime.speculate import VerifyBatch
 
     with Model(model_path, n_ctx=max(1024, 2 * n_prompt)) as model:
         drafter = attach(model, drafter_path, k)
@@ -68,11 +68,11 @@ def costs(model_path: Path, drafter_path: Path, k: int, n_prompt: int, repeat: i
         drafter.take_hidden(len(ids) - 1)
         n_units, tok = len(seq.units), 4242
         samples: dict[str, list[float]] = {"single": [], "verify": [], "draft": []}
-        with VerifyBatch(k + 1) as verify:
+        with StepBatch(k + 1) as verify:
             for _ in range(repeat * 8):  # each sample leaves the cache as it found it
                 samples["single"].append(timed(lambda: model.decode(seq, [tok], logits_last=True)))
                 seq.keep(n_units)
-                samples["verify"].append(timed(lambda: verify.decode(model, seq, [tok] * (k + 1))))
+                samples["verify"].append(timed(lambda: verify.decode(model, [(seq, [tok] * (k + 1))])))
                 seq.keep(n_units)
                 samples["draft"].append(timed(lambda: drafter.step(tok, seq.n_past)))
     return {name: statistics.median(v) for name, v in samples.items()}

@@ -77,7 +77,7 @@ RpcOpt = Annotated[
         show_default=False,
     ),
 ]
-# Drafting with an assistant drafter (g4 chat): see g4cli/chat/runtime/speculate.py
+# Drafting with an assistant drafter (g4 chat, g4 serve): see g4cli/chat/runtime/speculate.py
 DraftOpt = Annotated[
     str,
     typer.Option(

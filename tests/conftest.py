@@ -212,3 +212,24 @@ def drafter_gguf(tiny_drafter: Callable[..., Path], tmp_path_factory: pytest.Tem
         return cache[(family, quant)]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def endless(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """``endless(family)`` -> (target GGUF, its drafter GGUF), Q8_0; the target never stops by
+    itself (``make_checkpoint(endless=True)``), so answers run to their token limit."""
+    from quantize.converter import convert
+    from quantize.tiny import make_checkpoint, make_drafter
+
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def build(family: str) -> tuple[Path, Path]:
+        if family not in cache:
+            d = tmp_path_factory.mktemp(f"endless-{family}")
+            make_checkpoint(d / "t", family, endless=True)
+            target = convert(d / "t", d / "t.gguf", quant="q8_0", mmproj_type="f16").text
+            make_drafter(d / "a", family)
+            cache[family] = (target, convert(d / "a", d / "a.gguf", quant="q8_0", mmproj_type=None).text)
+        return cache[family]
+
+    return build

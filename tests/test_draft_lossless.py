@@ -26,26 +26,6 @@ N = 200
 PROMPT = "Tell me a long story about a cat."
 
 
-@pytest.fixture(scope="module")
-def endless(tmp_path_factory):
-    """(target GGUF, drafter GGUF) per family; targets never stop by themselves (``endless``)."""
-    from quantize.converter import convert
-    from quantize.tiny import make_checkpoint, make_drafter
-
-    cache: dict[str, tuple[Path, Path]] = {}
-
-    def build(family: str) -> tuple[Path, Path]:
-        if family not in cache:
-            d = tmp_path_factory.mktemp(f"lossless-{family}")
-            make_checkpoint(d / "t", family, endless=True)
-            target = convert(d / "t", d / "t.gguf", quant="q8_0", mmproj_type="f16").text
-            make_drafter(d / "a", family)
-            cache[family] = (target, convert(d / "a", d / "a.gguf", quant="q8_0", mmproj_type=None).text)
-        return cache[family]
-
-    return build
-
-
 def load(target: Path, batch_invariant: bool = False):
     from g4cli.chat.runtime.model import Model
 
@@ -111,9 +91,9 @@ def lone_vs_batched(target: Path, batch_invariant: bool) -> float:
     as the first row of the batch [t, t + 1] (which row 0 does not attend to). With flash
     attention on (the CPU default) a lone row parts from a batch row once the cache view holds
     256+ cells; with it off, at any length."""
-    from g4cli.chat.runtime.speculate import VerifyBatch
+    from g4cli.chat.runtime.batch import StepBatch
 
-    with load(target, batch_invariant) as model, VerifyBatch(2) as batch:
+    with load(target, batch_invariant) as model, StepBatch(2) as batch:
         seq = model.sequences[0]
         history = model.tokenize(model.render([Turn("user", PROMPT)])) + [300 + i for i in range(300)]
         worst = 0.0
@@ -122,7 +102,7 @@ def lone_vs_batched(target: Path, batch_invariant: bool) -> float:
             for rows in ([t], [t, t + 1]):
                 seq.clear()
                 model.decode(seq, history, logits_last=False)
-                batch.decode(model, seq, rows)
+                batch.decode(model, [(seq, rows)])
                 out.append(model.logits(0))
             worst = max(worst, float(np.abs(out[0] - out[1]).max()))
         return worst

@@ -42,11 +42,11 @@ def llama_drafts(
             model.decode(seq, ids, logits_last=True)
             drafter.take_hidden(len(ids) - 1)
             if h0 is not None:
-                drafter.h[:] = h0
+                drafter.hidden[0] = h0
             logits, hidden = [], []
             for tok in tokens:
                 logits.append(drafter.step(tok, len(ids)))
-                hidden.append(drafter.h.copy())
+                hidden.append(drafter.hidden[0].copy())
     return np.stack(logits), np.stack(hidden)
 
 

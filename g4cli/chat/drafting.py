@@ -37,7 +37,10 @@ def attach_for(model: Model, choice: Choice, options: LoadOptions) -> None:
     path = options.drafter or drafter_beside(choice.gguf)
     if path is None:
         if options.draft == "on":
-            raise DraftError(f"--draft on: {choice.name} has no drafter", hint="pull it again, or give --drafter FILE")
+            raise DraftError(
+                f"--draft on: {choice.name} has no drafter",
+                hint="pull it again to fetch its drafter, or use --draft auto",
+            )
         return
     if not path.is_file():
         raise DraftError(f"{path}: no such drafter file")

@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 from g4cli.options import (
+    BatchInvariantOpt,
     ChatThreadsOpt,
+    DraftMaxOpt,
+    DraftOpt,
     FlashAttnOpt,
     GpuLayersOpt,
     ImageTokensOpt,
@@ -59,6 +62,9 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
     kv_type: KvTypeOpt = "f16",
     image_tokens: ImageTokensOpt = None,
     rpc: RpcOpt = None,
+    draft: DraftOpt = "auto",
+    draft_max: DraftMaxOpt = 3,
+    batch_invariant: BatchInvariantOpt = False,
     max_body: Annotated[int, typer.Option("--max-body", metavar="MB", help="Largest request body in MB.")] = 64,
     max_memory: Annotated[
         float | None,
@@ -76,6 +82,8 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
 
     Several conversations share one loaded model (--parallel N decodes N answers in the same
     steps); a request that extends an earlier conversation evaluates only its new tokens.
+A model's assistant drafter (pulled beside it) drafts tokens that the model verifies in the
+same steps: the same answers, fewer model passes (--draft off to decode without it).
     Models named here load at start; others load from g4's store on first use and unload after
     --keep-alive idle. Binds 127.0.0.1 unless told otherwise; with --api-key every route but
     /health needs `Authorization: Bearer KEY`. One log line per request goes to stderr.
@@ -85,6 +93,7 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
     \b
       g4 serve e4b                               # http://127.0.0.1:11435
       g4 serve e4b 31b --parallel 4 --api-key secret
+      g4 serve e4b --draft on --draft-max 4       # refuse to start without e4b's drafter
       g4 serve 31b --rpc 127.0.0.1:50052,127.0.0.1:50053   # layers on two g4 rpc-servers
       curl http://127.0.0.1:11435/v1/chat/completions \\
            -d '{"model": "e4b", "messages": [{"role": "user", "content": "Hi"}]}'
@@ -131,6 +140,9 @@ def serve(  # long: one parameter per option, as Typer declares them; the body o
         kv_type=kv_type,
         image_tokens=image_tokens,
         rpc=rpc,
+        draft=draft,
+        draft_max=draft_max,
+        batch_invariant=batch_invariant,
     ).validate()
     run.serve(
         models or [],

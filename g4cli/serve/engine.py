@@ -4,7 +4,9 @@ A ``Worker`` owns a ``Model`` loaded with ``parallel`` sequences sharing one (un
 every llama.cpp call happens on its thread. Requests (``Job``s) wait in a bounded FIFO queue;
 each free sequence takes the next job, the one whose cached prompt shares the longest prefix
 with it (a client resending its history evaluates only the new tokens). All running answers
-then advance together, one token each per ``llama_decode``. Events go back to the asyncio side
+then advance together in one ``llama_decode`` a step: one token each, or, with the model's
+assistant drafter (``--draft``), the last token and the drafts after it, verified and accepted
+per answer as ``g4 chat`` does (``g4cli/chat/runtime/speculate.py``). Events go back to the asyncio side
 through ``Job.emit``; a cancelled job (client gone, stop string seen) frees its sequence at the
 next step.
 """
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from g4cli.chat.conversation import Event, Stats, Turn
 from g4cli.chat.settings import LoadOptions, Sampling
-from g4cli.errors import G4Error, RuntimeFailure
+from g4cli.errors import DraftUnavailable, G4Error, RuntimeFailure
 
 if TYPE_CHECKING:
     from g4cli.chat.runtime.cache import Sequence
@@ -65,6 +67,8 @@ class Job:
     seq: Sequence | None = None
     decoder: Decoder | None = None
     pending: int | None = None  # the token to evaluate at the next step
+    drafts: list[int] = field(default_factory=list)  # proposed after ``pending`` this step
+    ready: bool = False  # the drafter holds the hidden state of the token before ``pending``
 
     def emit(self, ev: Event | Exception) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, ev)
@@ -132,7 +136,8 @@ class Worker(threading.Thread):
         self.loaded.set()
         if self.on_load:
             self.on_load(self)
-        step = StepBatch(self.parallel)
+        drafter = self.model.drafter
+        step = StepBatch(self.parallel * (1 + (self.model.draft_max if drafter else 0)))
         try:
             while True:
                 with self.cond:
@@ -149,9 +154,16 @@ class Worker(threading.Thread):
             self.model.close()
 
     def _load(self) -> Model:
+        from g4cli.chat.drafting import attach_for
         from g4cli.chat.load import open_model
 
-        return open_model(self.choice, self.load, n_seq=self.parallel)
+        model = open_model(self.choice, self.load, n_seq=self.parallel)
+        try:
+            attach_for(model, self.choice, self.load)
+        except BaseException:
+            model.close()
+            raise
+        return model
 
     @property
     def ctx_per_seq(self) -> int:
@@ -240,8 +252,9 @@ class Worker(threading.Thread):
             job.idle.wait(max(0.0, deadline - time.perf_counter()))
         running = list(self.active)
         try:
-            step.decode(self.model, [(job.seq, job.pending) for job in running])
-        except RuntimeFailure as e:
+            self._propose(running, step.capacity)
+            starts = step.decode(self.model, [(job.seq, [job.pending, *job.drafts]) for job in running])
+        except (RuntimeFailure, DraftUnavailable) as e:
             for job in running:
                 self.active.remove(job)
                 if job.seq is not None:
@@ -249,7 +262,43 @@ class Worker(threading.Thread):
                     self.free.append(job.seq)
                 job.emit(e)
             return
-        for i, job in enumerate(running):
-            self._advance(job, i)
+        for job, row in zip(running, starts, strict=True):
+            if self.model.drafter is None:
+                self._advance(job, row)
+            else:
+                self._accept(job, row)
             if job.decoder is None:
                 self.active.remove(job)
+
+    def _propose(self, running: list[Job], capacity: int) -> None:
+        """Each drafting answer's drafts for this step, within the batch's rows and llama.cpp's n_batch."""
+        from g4cli.chat.runtime.speculate import propose
+
+        model = self.model
+        assert model is not None
+        rows = min(capacity, model.n_batch) - len(running)  # one row each for the pending tokens
+        for job in running:
+            job.drafts = []
+            if model.drafter is not None and job.ready and rows > 0:
+                assert job.decoder is not None and job.seq is not None and job.pending is not None
+                job.drafts = propose(model.drafter, job.decoder, job.seq, job.pending, min(model.draft_max, rows))
+                rows -= len(job.drafts)
+
+    def _accept(self, job: Job, row: int) -> None:
+        """Sample the job's verify rows from ``row`` on, keeping drafts while the chain agrees."""
+        from g4cli.chat.runtime.speculate import accept
+
+        assert job.decoder is not None and job.seq is not None and self.model is not None
+        job.decoder.stats.drafting = True
+        pos0 = job.seq.n_past - 1 - len(job.drafts)
+        events, tok, j = accept(job.decoder, job.seq, job.drafts, row, pos0)
+        self.model.drafter.take_hidden(row + j, job.seq.seq_id)
+        job.ready = True
+        if events:
+            job.idle.clear()
+        for ev in events:
+            job.emit(ev)
+        if tok is None:
+            self._finish(job, job.decoder.finish)
+        else:
+            job.pending = tok

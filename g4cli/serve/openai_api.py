@@ -219,7 +219,11 @@ def usage(stats: Stats) -> dict[str, Any]:
         "completion_tokens": stats.gen_tokens,
         "total_tokens": stats.prompt_tokens + stats.gen_tokens,
         "prompt_tokens_details": {"cached_tokens": max(stats.prompt_tokens - stats.prompt_eval_tokens, 0)},
-        "completion_tokens_details": {"reasoning_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "accepted_prediction_tokens": stats.draft_accepted,  # the drafter's, verified and kept
+            "rejected_prediction_tokens": stats.draft_tokens - stats.draft_accepted,
+        },
     }
 
 

@@ -83,6 +83,18 @@ class Pool:
 
     async def worker(self, name: str) -> Worker:
         """The running worker of a model, loading it first if need be (503 when memory is short)."""
+        key, worker = self._start(name)
+        if not worker.loaded.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, worker.loaded.wait)
+        return self._loaded(key, worker)
+
+    def load_now(self, name: str) -> Worker:
+        """``worker``, waiting here: for the models named at start, before the server answers."""
+        key, worker = self._start(name)
+        worker.loaded.wait()
+        return self._loaded(key, worker)
+
+    def _start(self, name: str) -> tuple[str, Worker]:
         choice = self.choice(name)
         key = served_name(choice)
         with self.lock:
@@ -94,8 +106,9 @@ class Pool:
                 )
                 self.workers[key] = worker
                 worker.start()
-        if not worker.loaded.is_set():
-            await asyncio.get_running_loop().run_in_executor(None, worker.loaded.wait)
+        return key, worker
+
+    def _loaded(self, key: str, worker: Worker) -> Worker:
         if worker.load_error is not None:
             with self.lock:
                 if self.workers.get(key) is worker:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,12 +59,6 @@ def serve(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: object) -> AsyncIterator[None]:
-        for name in pool.fixed:  # load what was named at start, before taking requests
-            try:
-                await pool.worker(name)
-            except G4Error as e:
-                sys.stderr.write(f"Error: {name}: {e.message}\n")
-                raise SystemExit(1) from None
         reaper = asyncio.create_task(_reap(pool))
         info(f"g4 serve: listening on http://{_url_host(host)}:{port} (OpenAI API at /v1, Ollama API at /api)")
         try:
@@ -78,6 +71,17 @@ def serve(
     if not _loopback(host) and not api_key:
         warn(f"listening on {host} without --api-key: anyone who can reach this port can use the models")
     sock = _bind(host, port)  # bound before the models load: "listening" means it is
+    try:
+        for name in pool.fixed:  # load what was named at start, before taking requests
+            try:
+                pool.load_now(name)
+            except G4Error as e:
+                e.message = f"{name}: {e.message}"
+                raise
+    except BaseException:
+        pool.close()
+        sock.close()
+        raise
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -1,7 +1,9 @@
-"""One decode step for several sequences at once (continuous batching).
+"""One target decode for several sequences at once (continuous batching, drafting's verify rows).
 
-Each running answer contributes its last sampled token at its own position and sequence; one
-``llama_decode`` computes the next logits of all of them, output row ``i`` for entry ``i``.
+Each entry is a sequence and the tokens it adds: a running answer's last sampled token, followed,
+when a drafter proposed some, by the drafts (their positions one after another). One
+``llama_decode`` computes logits for every row, in entry order: ``decode`` returns where each
+entry's rows begin.
 """
 
 from __future__ import annotations
@@ -19,29 +21,33 @@ if TYPE_CHECKING:
 
 
 class StepBatch(Handle):
-    """A llama.cpp batch of one token per sequence (at most ``capacity`` sequences)."""
+    """A llama.cpp batch of at most ``capacity`` rows, logits on each."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
+        # one row more: Model.submit's batch_invariant pads a lone row with a copy
+        self.batch = llama_cpp.llama_batch_init(max(capacity, 2), 0, 1)
 
-    def decode(self, model: Model, entries: list[tuple[Sequence, int]]) -> None:
-        """Evaluate ``token`` into ``seq`` for each entry; logits row ``i`` belongs to entry ``i``."""
-        if not entries:
-            return
-        if len(entries) > self.capacity:
-            raise RuntimeFailure(f"{len(entries)} sequences in one step, the batch holds {self.capacity}")
+    def decode(self, model: Model, entries: list[tuple[Sequence, list[int]]]) -> list[int]:
+        """Evaluate each entry's tokens into its sequence; the first output row of each entry."""
+        n = sum(len(tokens) for _, tokens in entries)
+        if n > self.capacity:
+            raise RuntimeFailure(f"{n} tokens in one step, the batch holds {self.capacity}")
+        if not n:
+            return []
         b = self.batch
-        b.n_tokens = len(entries)
-        for i, (seq, tok) in enumerate(entries):
-            b.token[i] = tok
-            b.pos[i] = seq.n_past
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq.seq_id
-            b.logits[i] = True
+        b.n_tokens = n
+        starts, i = [], 0
+        for seq, tokens in entries:
+            starts.append(i)
+            for j, tok in enumerate(tokens):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, seq.n_past + j, 1, True
+                b.seq_id[i][0] = seq.seq_id
+                i += 1
         model.submit(b)
-        for seq, tok in entries:
-            seq.added([tok], 1)
+        for seq, tokens in entries:
+            seq.added(tokens, len(tokens))
+        return starts
 
     def close(self) -> None:
         if self.batch is not None:

@@ -91,7 +91,8 @@ class Drafter(Handle):
         except BaseException:
             self.close()
             raise
-        self.h = np.zeros(self.n_embd, dtype=np.float32)  # the hidden state the next draft starts from
+        # per sequence of the target: the hidden state its next draft starts from
+        self.hidden = np.zeros((len(target.sequences), self.n_embd), dtype=np.float32)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
 
     def _load(self) -> None:
@@ -106,7 +107,8 @@ class Drafter(Handle):
         cp.ctx_type = llama_cpp.LLAMA_CONTEXT_TYPE_MTP
         cp.ctx_other = t.ctx  # the KV cache it reads
         cp.n_ctx, cp.n_seq_max = t.n_ctx, len(t.sequences)
-        cp.n_batch = cp.n_ubatch = 1  # one token per step
+        # one token per step; llama.cpp reserves an output row per sequence (llama-context.cpp:2120)
+        cp.n_batch = cp.n_ubatch = len(t.sequences)
         cp.n_threads = cp.n_threads_batch = t.threads
         cp.flash_attn_type = t.flash_attn
         cp.type_k = cp.type_v = KV_TYPES[t.kv_type]  # the mirror views the target's cache as is
@@ -120,30 +122,33 @@ class Drafter(Handle):
         self.ext.llama_set_embeddings_nextn(self.ctx, True, True)
         self.batch = llama_cpp.llama_batch_ext_init(self.ctx)
 
-    def take_hidden(self, row: int) -> None:
-        """Start the next draft from the target's hidden state at ``row`` of its last batch."""
-        self._copy(self.ext.llama_get_embeddings_nextn_ith(self.target.ctx, row))
+    def take_hidden(self, row: int, seq_id: int = 0) -> None:
+        """Start sequence ``seq_id``'s next draft from the target's hidden state at ``row`` of its
+        last batch."""
+        self._copy(self.ext.llama_get_embeddings_nextn_ith(self.target.ctx, row), seq_id)
 
-    def _copy(self, ptr: Any) -> None:
+    def _copy(self, ptr: Any, seq_id: int) -> None:
         if not ptr:
             raise DraftUnavailable("llama.cpp returned no hidden state")
-        self.h[:] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
+        self.hidden[seq_id] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
 
     def step(self, token: int, pos: int, seq_id: int = 0) -> np.ndarray:
-        """One drafter pass: ``token`` at ``pos`` with ``self.h``; its logits (``self.h`` advances)."""
+        """One drafter pass: ``token`` at ``pos`` in sequence ``seq_id``, from its hidden state;
+        its logits (the hidden state advances)."""
         b = self.batch
         llama_cpp.llama_batch_ext_clear(b)
         i = llama_cpp.llama_batch_ext_add_token(b, seq_id, token)
         position = llama_cpp.llama_pos(pos)
         llama_cpp.llama_batch_ext_set_pos(b, i, ctypes.byref(position))
-        row = llama_cpp.llama_embd(self.h.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), 1, self.n_embd)
+        h = self.hidden[seq_id]
+        row = llama_cpp.llama_embd(h.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), 1, self.n_embd)
         llama_cpp.llama_batch_ext_set_embd_token(b, i, row)
         llama_cpp.llama_batch_ext_set_output_logits(b, i, True)
         rc = llama_cpp.llama_process(self.ctx, llama_cpp.LLAMA_PROCESS_TYPE_DECODE, b)
         if rc != 0:
             raise DraftUnavailable(f"the drafter could not decode (code {rc})")
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, 0), shape=(self.n_vocab,)).copy()
-        self._copy(self.ext.llama_get_embeddings_nextn_ith(self.ctx, 0))
+        self._copy(self.ext.llama_get_embeddings_nextn_ith(self.ctx, 0), seq_id)
         return logits
 
     def draft(self, token: int, pos: int, n: int, seq_id: int = 0) -> list[int]:

@@ -102,7 +102,7 @@ def answer_turns(
         stats.prompt_tokens, stats.prompt_eval_tokens = prefill(model, seq, prompt)
     stats.prompt_s = time.perf_counter() - t0
     decoder = Decoder(model, seq, sampling, stats, t0)
-    drafter = getattr(model, "drafter", None)  # an assistant attached by g4cli.chat.runtime.draft.attach
+    drafter = model.drafter  # an assistant attached by g4cli.chat.runtime.draft.attach
     try:
         if drafter is not None:
             from g4cli.chat.runtime.speculate import speculate

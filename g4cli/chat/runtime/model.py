@@ -33,6 +33,7 @@ from g4cli.errors import CapabilityError, RuntimeFailure
 from g4cli.models.catalog import CPU_FLASH_ATTN, DEFAULT_CTX  # shared with the fit estimate of g4 pull
 
 if TYPE_CHECKING:
+    from g4cli.chat.runtime.draft import Drafter
     from g4cli.chat.runtime.offload import Plan
 
 MARKER = "<__media__>"  # mtmd's media marker
@@ -146,6 +147,8 @@ class Model(Handle):
         if n_ctx is None:  # the default, but never beyond what the model was trained for
             n_ctx = min(DEFAULT_CTX, _trained_context(self.path) or DEFAULT_CTX)
         self.model = self.ctx = self._mtmd = self._batch = None
+        self.drafter: Drafter | None = None  # an assistant attached by runtime/draft.attach
+        self.draft_max = 0
         try:
             self._load(n_ctx, threads, n_gpu_layers, n_batch, n_seq)
         except BaseException:

@@ -23,10 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import llama_cpp
-
 from g4cli.chat.conversation import Event
-from g4cli.chat.runtime.handle import Handle
 
 if TYPE_CHECKING:
     from g4cli.chat.runtime.cache import Sequence
@@ -37,53 +34,48 @@ if TYPE_CHECKING:
 DEFAULT_DRAFT_MAX = 3  # llama.cpp's n_max (common/common.h:328), what its users settle on
 
 
-class VerifyBatch(Handle):
-    """The target batch of one round: the last token and the drafts, logits on every row."""
+def propose(drafter: Drafter, decoder: Decoder, seq: Sequence, tok: int, n_max: int) -> list[int]:
+    """The drafts to verify after ``tok`` this round: up to ``n_max``, never past the answer's
+    token limit or the sequence's context."""
+    room = min(n_max, decoder.limit - decoder.stats.gen_tokens - 1, decoder.n_ctx - seq.n_past - 1)
+    return drafter.draft(tok, seq.n_past, room, seq.seq_id) if room > 0 else []
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
 
-    def decode(self, model: Model, seq: Sequence, tokens: list[int]) -> None:
-        b = self.batch
-        b.n_tokens = len(tokens)
-        for j, tok in enumerate(tokens):
-            b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, seq.n_past + j, 1, True
-            b.seq_id[j][0] = seq.seq_id
-        model.submit(b)
-        seq.added(tokens, len(tokens))
-
-    def close(self) -> None:
-        if self.batch is not None:
-            llama_cpp.llama_batch_free(self.batch)
-            self.batch = None
+def accept(
+    decoder: Decoder, seq: Sequence, drafts: list[int], row0: int, pos0: int
+) -> tuple[list[Event], int | None, int]:
+    """Sample the verify rows of one sequence (``row0`` on: the last token's, then each draft's),
+    keeping each draft while it is the token the chain picked; cut the cache back to what was
+    kept. (events, the next token or None when the answer is over, drafts accepted)."""
+    out: list[Event] = []
+    j = 0
+    while True:  # row j predicts the token after tok + drafts[:j]
+        events, tok = decoder.step(row=row0 + j, n_past=pos0 + j + 1)
+        out += events
+        if tok is None or j == len(drafts) or tok != drafts[j]:
+            break
+        j += 1
+    decoder.stats.draft_tokens += len(drafts)
+    decoder.stats.draft_accepted += j
+    if j < len(drafts):  # roll the target's cache back to tok + the accepted drafts
+        seq.keep(len(seq.units) - (len(drafts) - j))
+    return out, tok, j
 
 
 def speculate(model: Model, seq: Sequence, decoder: Decoder, drafter: Drafter, n_max: int) -> Iterator[Event]:
     """Stream the answer ``decoder`` samples, drafting up to ``n_max`` tokens a round."""
-    stats = decoder.stats
-    stats.drafting = True
+    from g4cli.chat.runtime.batch import StepBatch
+
+    decoder.stats.drafting = True
     events, tok = decoder.step()  # from the prompt's logits, as without a drafter
     yield from events
-    ready = False  # drafter.h holds the target's hidden state of the token before ``tok``
-    with VerifyBatch(n_max + 1) as verify:
+    ready = False  # the drafter holds the target's hidden state of the token before ``tok``
+    with StepBatch(n_max + 1) as verify:
         while tok is not None:
             pos0 = seq.n_past
-            room = min(n_max, decoder.limit - stats.gen_tokens - 1, decoder.n_ctx - pos0 - 1)
-            drafts = drafter.draft(tok, pos0, room, seq.seq_id) if ready and room > 0 else []
-            verify.decode(model, seq, [tok, *drafts])
-            out: list[Event] = []
-            j = 0
-            while True:  # row j predicts the token after tok + drafts[:j]
-                events, tok = decoder.step(row=j, n_past=pos0 + j + 1)
-                out += events
-                if tok is None or j == len(drafts) or tok != drafts[j]:
-                    break
-                j += 1
-            stats.draft_tokens += len(drafts)
-            stats.draft_accepted += j
-            if j < len(drafts):  # roll the target's cache back to tok + the accepted drafts
-                seq.keep(len(seq.units) - (len(drafts) - j))
-            drafter.take_hidden(j)
+            drafts = propose(drafter, decoder, seq, tok, n_max) if ready else []
+            verify.decode(model, [(seq, [tok, *drafts])])
+            events, tok, j = accept(decoder, seq, drafts, 0, pos0)
+            drafter.take_hidden(j, seq.seq_id)
             ready = True
-            yield from out
+            yield from events
