@@ -149,6 +149,7 @@ def measure(ckpt: Path, work: Path, repeat: int) -> dict[str, list[Run]]:
     for i in range(repeat + 1):  # the first round warms the page cache and is not counted
         for name, cmd in commands.items():
             copy_dir.mkdir()
+            os.sync()  # no dirty pages of the previous run written back during this one
             timing = run_measured(cmd)
             shutil.rmtree(copy_dir)
             gguf.unlink(missing_ok=True)
@@ -180,7 +181,7 @@ def main() -> None:
             ckpt = build(case, args.checkpoints or work)
             size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
             results = measure(ckpt, work, args.repeat)
-            rows.append((case, size, {name: _summary(runs) for name, runs in results.items()}))
+            rows.append((case, size, results))
             for name, runs in results.items():
                 print(f"{case} {name}: wall " + " ".join(f"{r.wall:.2f}" for r in runs), file=sys.stderr)
             if not args.checkpoints:
@@ -188,13 +189,18 @@ def main() -> None:
     finally:
         shutil.rmtree(work)
 
-    print(f"median of {args.repeat}, page cache warm; ratio = convert / baseline (wall time)")
+    print(f"median of {args.repeat}, page cache warm; ratio = convert / baseline (wall time), the median of each")
+    print("round's ratio (the three commands of a round run back to back, so a slow spell of the disk")
+    print("weighs on all three)")
     print(f"{'case':6} {'GB':>5} {'cp s':>6} {'cp+fsync s':>10} {'convert s':>9} {'/cp':>5} {'/cp+fsync':>9} "
           f"{'CPU s: cp+fsync':>15} {'convert':>7} {'convert peak RSS MB':>19}")  # fmt: skip
     for case, size, m in rows:
-        cp, cps, conv = m["cp"], m["cp+fsync"], m["convert"]
-        print(f"{case:6} {size / 1e9:5.2f} {cp.wall:6.2f} {cps.wall:10.2f} {conv.wall:9.2f} {conv.wall / cp.wall:5.2f} "
-              f"{conv.wall / cps.wall:9.2f} {cps.cpu:15.2f} {conv.cpu:7.2f} {conv.peak_rss / 1e6:19.0f}")  # fmt: skip
+        cp, cps, conv = (_summary(m[name]) for name in ("cp", "cp+fsync", "convert"))
+        to_cp, to_cps = (
+            statistics.median(c.wall / b.wall for c, b in zip(m["convert"], m[name])) for name in ("cp", "cp+fsync")
+        )
+        print(f"{case:6} {size / 1e9:5.2f} {cp.wall:6.2f} {cps.wall:10.2f} {conv.wall:9.2f} {to_cp:5.2f} "
+              f"{to_cps:9.2f} {cps.cpu:15.2f} {conv.cpu:7.2f} {conv.peak_rss / 1e6:19.0f}")  # fmt: skip
     print("goals: convert <= 2.0x the copy; peak RSS <= 400 MB")
 
 

@@ -43,7 +43,12 @@ def _llama_build() -> str:
     gpu = [b for b in backends() if b not in ("CPU", "RPC", "BLAS")]
     gpu = f"GPU backends: {', '.join(gpu)}" if gpu else "CPU only (no GPU backend)"
     gpu += "; RPC (g4 rpc-server, --rpc)" if llama_cpp.llama_supports_rpc() else ""
-    return f"llama-cpp-python {llama_cpp.__version__}; {gpu}; CPU features: {', '.join(features) or 'none'}"
+    from g4cli.chat.runtime.ggml_api import backend_init, cpu_extra_buffer_types
+
+    off = backend_init()
+    bufts = f"CPU weight buffers: {', '.join(cpu_extra_buffer_types()) or 'plain'}"
+    bufts += f" ({', '.join(off)} off: its kernels crash in this llama.cpp)" if off else ""
+    return f"llama-cpp-python {llama_cpp.__version__}; {gpu}; CPU features: {', '.join(features) or 'none'}; {bufts}"
 
 
 def gpu_check() -> Check:

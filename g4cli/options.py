@@ -81,7 +81,9 @@ RpcOpt = Annotated[
 DraftOpt = Annotated[
     str,
     typer.Option(
-        "--draft", help="Draft tokens with the model's assistant: auto (when one is there), on (required), off."
+        "--draft",
+        help="Draft tokens with the model's assistant: auto (when there is one, while it is measured to be "
+        "faster), on (required, every round), off.",
     ),
 ]
 DraftMaxOpt = Annotated[int, typer.Option("--draft-max", min=1, max=16, help="Most tokens drafted a round.")]

@@ -6,8 +6,9 @@ plans; ``write_gguf`` writes them.
 The header (KV data and tensor infos) is packed here, not by gguf-py's ``GGUFWriter``: that
 packs an array one item at a time (a ``struct.pack`` call and two bytes copies per item): 3-4 s
 for Gemma 4's 262,144 tokens and 514,906 merges on a 2-core machine, the largest fixed cost of a
-conversion. Here an array is packed a chunk at a time (0.3-0.5 s); tests/test_gguf_header.py
-checks that the bytes equal GGUFWriter's.
+conversion. Here an array is packed a chunk at a time (0.3-0.5 s), on a thread while the tensor
+data is copied into place (its size is known first); tests/test_gguf_header.py checks that the
+bytes equal GGUFWriter's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import os
 import re
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,24 +117,54 @@ def _tensor_bytes(t) -> Iterator[memoryview]:
         yield memoryview(np.ascontiguousarray(convert_raw(chunk, t.source.dtype, t.dtype))).cast("B")
 
 
-def _copy_range(src, nbytes: int, dst, report: Callable[[int], object], base: int) -> int:
-    """Copy ``nbytes`` of a source tensor into ``dst`` at its current position, in kernel space."""
+def _copy_range(
+    src, nbytes: int, fd: int, pos: int, report: Callable[[int], object], wrote: Callable[[int], None]
+) -> None:
+    """Copy ``nbytes`` of a source tensor to ``fd`` at ``pos``, in kernel space (the GIL released);
+    ``report(bytes copied so far)`` and ``wrote(n)`` after each chunk."""
     step = 64 * 1024 * 1024
     with open(src.path, "rb", buffering=0) as f:
         copied = 0
         while copied < nbytes:
             want = min(step, nbytes - copied)
             try:
-                n = os.copy_file_range(f.fileno(), dst.fileno(), want, src.offset + copied)
+                n = os.copy_file_range(f.fileno(), fd, want, src.offset + copied, pos + copied)
             except OSError as e:
                 if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-                n = dst.write(os.pread(f.fileno(), want, src.offset + copied))
+                n = os.pwrite(fd, os.pread(f.fileno(), want, src.offset + copied), pos + copied)
             if n <= 0:
                 raise OutputError(f"{src.path.name}: file ends early while copying {src.name!r} (truncated)")
             copied += n
-            report(base + copied)
-    return copied
+            report(copied)
+            wrote(n)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, pos: int) -> int:
+    """Write all of ``data`` at ``pos``; returns the position after it."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+    return pos
+
+
+class _Background(threading.Thread):
+    """``fn(*args)`` on a thread; ``check()`` re-raises what it raised."""
+
+    def __init__(self, fn: Callable[..., object], *args: object) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.args, self.error = fn, args, None
+
+    def run(self) -> None:
+        try:
+            self.fn(*self.args)
+        except BaseException as e:  # handed to the thread that checks
+            self.error = e
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 # --- the header: KV data and tensor infos (GGUF v3, little-endian) -----------------------------
@@ -159,8 +191,22 @@ def _pack_strings(values: Sequence[str]) -> Iterator[bytes]:
         yield b"".join(itertools.chain.from_iterable(zip(map(U64.pack, map(len, encoded)), encoded)))
 
 
-def _pack_value(value: object, vtype: GGUFValueType, sub: GGUFValueType | None) -> Iterator[bytes]:
-    """One KV value (without its type tag), in pieces."""
+@dataclass
+class _Strings:
+    """A string array's items, packed only when written; its size is known before (``nbytes``)."""
+
+    values: Sequence[str]
+
+    @property
+    def nbytes(self) -> int:
+        return U64.size * len(self.values) + sum(map(len, map(str.encode, self.values)))  # ~50 ms for 777k
+
+    def __iter__(self) -> Iterator[bytes]:
+        return _pack_strings(self.values)
+
+
+def _pack_value(value: object, vtype: GGUFValueType, sub: GGUFValueType | None) -> Iterator[bytes | _Strings]:
+    """One KV value (without its type tag), in pieces (a string array's items: one ``_Strings``)."""
     if vtype == V.STRING:
         yield _pack_string(value)
     elif vtype == V.ARRAY:
@@ -170,7 +216,7 @@ def _pack_value(value: object, vtype: GGUFValueType, sub: GGUFValueType | None) 
             raise ValueError(f"GGUF array item type {sub!r} is not supported")  # nested arrays: unused
         yield struct.pack("<IQ", sub, len(value))
         if sub == V.STRING:
-            yield from _pack_strings(value)
+            yield _Strings(value)
         else:
             yield np.asarray(value, dtype=ARRAY_DTYPES[sub]).tobytes()
     elif vtype in SCALAR_FORMATS:
@@ -179,13 +225,13 @@ def _pack_value(value: object, vtype: GGUFValueType, sub: GGUFValueType | None) 
         raise ValueError(f"GGUF value type {vtype!r} is not supported")
 
 
-def gguf_header(arch: str, kv: Iterable[KV], tensors: Sequence) -> Iterator[bytes]:
+def _header_pieces(arch: str, kv: Iterable[KV], tensors: Sequence) -> Iterator[bytes | _Strings]:
     """The bytes before the tensor data, in pieces: what gguf-py's ``GGUFWriter(None, arch)`` writes
     after ``add_key_value`` of each ``kv`` and ``add_tensor_info`` of each tensor.
 
     As there: ``general.architecture`` comes first, a repeated key keeps its first place and
     takes the last value, tensor offsets are aligned to 32 bytes. Not included: the padding
-    before the first tensor.
+    before the first tensor. A string array comes as one ``_Strings`` piece.
     """
     entries: dict[str, tuple[object, GGUFValueType, GGUFValueType | None]] = {
         Keys.General.ARCHITECTURE: (arch, V.STRING, None)
@@ -207,6 +253,64 @@ def gguf_header(arch: str, kv: Iterable[KV], tensors: Sequence) -> Iterator[byte
         offset += -(-t.nbytes // ALIGNMENT) * ALIGNMENT
 
 
+def gguf_header(arch: str, kv: Iterable[KV], tensors: Sequence) -> Iterator[bytes]:
+    """The header's bytes, in pieces (see ``_header_pieces``)."""
+    for piece in _header_pieces(arch, kv, tensors):
+        yield from piece if isinstance(piece, _Strings) else (piece,)
+
+
+class _WriteBehind(threading.Thread):
+    """Flushes a file being written (fdatasync) on a thread each time ``step`` more bytes are
+    written: the disk writes while the copy goes on, and the final fsync waits for the last
+    stretch only, not for the whole file."""
+
+    def __init__(self, fd: int, step: int = 256 << 20) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.step, self.pending = fd, step, 0
+        self.kick, self.stop = threading.Event(), False
+
+    def wrote(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= self.step:
+            self.pending = 0
+            self.kick.set()
+
+    def run(self) -> None:
+        while True:
+            self.kick.wait()
+            self.kick.clear()
+            if self.stop:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError:
+                return  # only an early start: the final fsync reports the error
+
+    def close(self) -> None:
+        self.stop = True
+        self.kick.set()
+        self.join()
+
+
+def _write_header(fd: int, pieces: list[bytes | _Strings], size: int) -> None:
+    """The header's pieces at the file's start, then zeros up to the tensor data; each piece is
+    dropped once written (a vocabulary's strings are freed while the tensor data streams)."""
+    pos, buffer = 0, bytearray()
+    pieces.reverse()
+    while pieces:
+        piece = pieces.pop()
+        for chunk in piece if isinstance(piece, _Strings) else (piece,):
+            buffer += chunk
+            if len(buffer) >= 1 << 20:
+                pos = _pwrite_all(fd, buffer, pos)
+                buffer.clear()
+        del piece
+    pos = _pwrite_all(fd, buffer, pos)
+    if pos != size:  # _Strings.nbytes and the packing disagree: a bug, never a valid file
+        raise OutputError(f"GGUF header: wrote {pos} bytes, planned {size}")
+    _pwrite_all(fd, b"\0" * (-pos % ALIGNMENT), pos)
+
+
 def write_gguf(
     path: Path,
     arch: str,
@@ -218,33 +322,56 @@ def write_gguf(
 ) -> None:
     """Write ``tensors`` (objects with name, shape, dtype, nbytes, and data or source) to ``path``.
 
-    ``kv`` is consumed (cleared) once the header is written, so that a large vocabulary is freed
-    before tensor data streams. ``durable=False`` skips the fsync (an intermediate that is
-    deleted anyway).
+    The header's size is known before it is packed, so the tensor data is written at its place
+    while a second thread packs and writes the header (the data copy runs in the kernel, without
+    the GIL): the packing of a 262k-token vocabulary costs no wall time. ``kv`` is consumed
+    (cleared). ``durable=False`` skips the fsync (an intermediate that is deleted anyway).
     """
     total = sum(t.nbytes for t in tensors)
+    pieces = list(_header_pieces(arch, kv, tensors))
+    kv.clear()  # the header thread drops each piece once written: no other reference may keep it
+    size = sum(p.nbytes if isinstance(p, _Strings) else len(p) for p in pieces)
     with atomic_output(path, durable=durable) as tmp:
-        done = 0
-        with open(tmp, "wb", buffering=0) as f:  # not "ab": copy_file_range refuses O_APPEND
-            with open(f.fileno(), "wb", closefd=False) as header:  # buffered: many small pieces
-                header.writelines(gguf_header(arch, kv, tensors))
-            kv.clear()  # a 262k-token vocabulary is 100+ MB of Python objects: free it first
-            for t in tensors:
-                pos = f.tell()
-                f.write(b"\0" * (-pos % ALIGNMENT))
-                if t.data is None and t.transform is None and t.source.dtype == t.dtype:
-                    # same type: let the kernel copy the bytes (as fast as `cp`, no user-space buffer)
-                    done += _copy_range(t.source, t.nbytes, f, lambda n: on_progress and on_progress(n, total), done)
-                    continue
-                written = 0
-                for chunk in _tensor_bytes(t):
-                    while chunk:
-                        n = f.write(chunk)
-                        chunk = chunk[n:]
-                        written += n
-                        done += n
-                    if on_progress:
-                        on_progress(done, total)
-                if written != t.nbytes:
-                    raise OutputError(f"{t.name}: wrote {written} bytes, expected {t.nbytes}")
-            f.write(b"\0" * (-f.tell() % ALIGNMENT))
+        with open(tmp, "wb", buffering=0) as f:  # positional writes; copy_file_range refuses O_APPEND
+            fd = f.fileno()
+            header = _Background(_write_header, fd, pieces, size)
+            del pieces
+            flusher = _WriteBehind(fd)
+            header.start()
+            if durable:
+                flusher.start()
+            try:
+                _write_tensors(fd, -(-size // ALIGNMENT) * ALIGNMENT, tensors, on_progress, total, flusher.wrote)
+            finally:  # before the file closes, on failure too: never a write to a reused fd
+                header.join()
+                if durable:
+                    flusher.close()
+            header.check()
+
+
+def _write_tensors(
+    fd: int, pos: int, tensors: list, on_progress: Progress | None, total: int, wrote: Callable[[int], None]
+) -> None:
+    """Each tensor's bytes at its aligned offset from ``pos``, then the file padded to alignment;
+    ``wrote(n)`` after each tensor."""
+    done = 0
+    for t in tensors:
+        copied = t.data is None and t.transform is None and t.source.dtype == t.dtype
+        if copied:  # same type: let the kernel copy the bytes (as fast as `cp`, no user-space buffer)
+            report = lambda n, base=done: on_progress and on_progress(base + n, total)  # noqa: E731
+            _copy_range(t.source, t.nbytes, fd, pos, report, wrote)
+            written = t.nbytes
+        else:
+            start = pos
+            for chunk in _tensor_bytes(t):
+                pos = _pwrite_all(fd, chunk, pos)
+                if on_progress:
+                    on_progress(done + pos - start, total)
+            written, pos = pos - start, start
+            if written != t.nbytes:
+                raise OutputError(f"{t.name}: wrote {written} bytes, expected {t.nbytes}")
+        done += written
+        if not copied:
+            wrote(written)
+        pos += -(-written // ALIGNMENT) * ALIGNMENT  # the gap reads as zeros
+    os.ftruncate(fd, pos)

@@ -105,3 +105,31 @@ def reference_drafts(
             logits.append(step.logits[0, -1].float().numpy())
             hidden.append(h[0, -1].float().numpy())
     return np.stack(logits), np.stack(hidden), h0
+
+
+def router_margin(target_dir: Path, ids: list[int]) -> float:
+    """The smallest gap, over every MoE layer and prompt token, between the log-probabilities of
+    the router's last chosen expert and its first unchosen one, in transformers (inf: no router).
+
+    A near-tie there is a coin toss between two correct implementations: llama.cpp's rounding
+    may pick the other expert, and the K/V the drafter reads then differ by far more than any
+    kernel's error (tiny-checkpoints.md)."""
+    import torch
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4TextRouter
+
+    patch_kv_sharing()  # the target is cached: built as reference_drafts needs it
+    target = _model(str(target_dir))
+    gaps: list[float] = []
+
+    def record(module, _args, out) -> None:
+        top = torch.topk(out[0].float().log(), module.config.top_k_experts + 1, dim=-1).values
+        gaps.append(float((top[..., -2] - top[..., -1]).min()))
+
+    hooks = [m.register_forward_hook(record) for m in target.modules() if isinstance(m, Gemma4TextRouter)]
+    try:
+        with torch.no_grad():
+            target(torch.tensor([ids]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return min(gaps, default=float("inf"))

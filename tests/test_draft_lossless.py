@@ -134,20 +134,25 @@ class Oracle:
         return getattr(self.real, name)
 
 
-def test_accepted_drafts_same_answer(endless, monkeypatch) -> None:
+def wrap_drafter(monkeypatch, make) -> None:
+    """Every model the worker loads drafts with ``make(real drafter, model)``."""
     from g4cli.chat.runtime import draft
 
+    original = draft.attach
+
+    def attach(model, path, n_max=3):
+        real = original(model, path, n_max)
+        model.drafter = make(real, model)
+        return real
+
+    monkeypatch.setattr(draft, "attach", attach)
+
+
+def test_accepted_drafts_same_answer(endless, monkeypatch) -> None:
     target, drafter_path = endless("e4b")
     turns = [Turn("user", PROMPT)]
     plain, _ = answer(target, None, turns, batch_invariant=True)
-    original = draft.attach
-
-    def oracle_attach(model, path, n_max=3):
-        real = original(model, path, n_max)
-        model.drafter = Oracle(real, plain)
-        return real
-
-    monkeypatch.setattr(draft, "attach", oracle_attach)
+    wrap_drafter(monkeypatch, lambda real, _model: Oracle(real, plain))
     drafted, stats = answer(target, drafter_path, turns, batch_invariant=True)
     assert drafted == plain
     assert 0.5 < stats.acceptance < 1.0, (stats.draft_accepted, stats.draft_tokens)

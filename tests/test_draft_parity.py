@@ -3,8 +3,8 @@
 For each tiny target + drafter pair: the prompt goes through the target on each side; the
 drafter then takes 3 steps at the next position from the target's hidden state, fed the same
 tokens on both sides and from the same target hidden state (transformers'; llama.cpp's own is
-checked to agree within 1e-2 first). Its logits (full LM head) must match within 5e-3 relative error at every
-step, and its next hidden state too: for a 6-token prompt (inside the sliding window of 8) as
+checked to agree within 1e-2 first). Its logits (full LM head) must match within 5e-3 (``REL_TOL``)
+relative error at every step, and its next hidden state too: for a 6-token prompt (inside the sliding window of 8) as
 is, and for a 48-token one (the window slid many times) with the reference's sliding K/V cut to
 the W-1 cells llama.cpp's drafter sees (transformers' sees W+1: ``draft_reference``; that this
 is the only difference is checked too). The bug tests feed the reference the hidden state from
@@ -23,9 +23,12 @@ pytestmark = pytest.mark.reference
 torch = pytest.importorskip("torch", reason="parity tests need the reference implementation (CPU torch)")
 
 PAIRS = [*FAMILIES, "12b"]
-# MoE (26B-A4B): the target's own K/V in llama.cpp carry its router's near-ties (tiny-checkpoints.md;
-# 2.6e-2 at a 30-token prompt with transformers' hidden state fed in), which the drafter reads
-TOLERANCE = {"26b-a4b": 1e-2}
+# MoE (26B-A4B): where the reference's router has a near-tie between its last chosen and first
+# unchosen expert, llama.cpp may choose the other one (tiny-checkpoints.md): the target's K/V,
+# which the drafter reads, then differ by far more than a kernel's error (seed 6 at 48 tokens:
+# gap 6e-4, error 1.4e-2). The prompt is the first seed whose reference router has a clear gap
+# (measured: gap >= 5e-3 -> error 1.4-2.7e-3), chosen from transformers alone.
+ROUTER_GAP = 5e-3
 
 
 def llama_drafts(
@@ -42,6 +45,8 @@ def llama_drafts(
             model.decode(seq, ids, logits_last=True)
             drafter.take_hidden(len(ids) - 1)
             if h0 is not None:
+                own = compare(drafter.hidden[0][None], h0[None])
+                assert own.max_rel <= 1e-2, f"the target's hidden state in llama.cpp: {own}"
                 drafter.hidden[0] = h0
             logits, hidden = [], []
             for tok in tokens:
@@ -53,10 +58,22 @@ def llama_drafts(
 WINDOW = 8  # the tiny families' sliding window
 
 
+def prompt(target_dir, n: int) -> list[int]:
+    """``sample_tokens(n, seed)`` for the first seed on which every MoE router of the reference
+    target has a gap of at least ``ROUTER_GAP`` (seed 1 for a dense target)."""
+    from draft_reference import router_margin
+
+    for seed in range(1, 21):
+        ids = sample_tokens(n, seed)
+        if router_margin(target_dir, ids) >= ROUTER_GAP:
+            return ids
+    raise AssertionError(f"no prompt of {n} tokens without a near-tied router in 20 seeds")
+
+
 def drafts(tiny, tiny_drafter, gguf, drafter_gguf, family: str, n: int = 48, **options) -> tuple:
     from draft_reference import reference_drafts
 
-    ids = sample_tokens(n)
+    ids = prompt(tiny(family), n)
     tokens = [int(t) for t in np.random.default_rng(3).integers(114, 1024, 3)]
     *ref, h0 = reference_drafts(tiny(family), tiny_drafter(family), ids, tokens, **options)
     got = llama_drafts(gguf(family, "F32"), drafter_gguf(family, "F32"), ids, tokens, h0)
@@ -72,9 +89,8 @@ def test_drafter_matches_transformers(tiny, tiny_drafter, gguf, drafter_gguf, fa
     )
     assert 1.0 < ref_logits.std() < 20.0  # meaningful logits, not all zero or saturated
     result = compare(logits, ref_logits)
-    tol = TOLERANCE.get(family, REL_TOL)
-    assert result.max_rel <= tol, f"{family} logits: {result}"
-    assert compare(hidden, ref_hidden).max_rel <= tol, f"{family} hidden: {compare(hidden, ref_hidden)}"
+    assert result.max_rel <= REL_TOL, f"{family} logits: {result}"
+    assert compare(hidden, ref_hidden).max_rel <= REL_TOL, f"{family} hidden: {compare(hidden, ref_hidden)}"
 
 
 def test_sliding_window_is_the_only_difference(tiny, tiny_drafter, gguf, drafter_gguf) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 from g4cli import fsutil
+from g4cli.errors import OutputError
 from quantize import gguf_out
 from quantize.gguf_out import GGML_TYPES, OutTensor, gguf_header, write_gguf
 
@@ -126,3 +128,26 @@ def test_written_gguf_reads_back_with_the_same_values(
     assert np.array_equal(tensors["blk.0.attn_norm.weight"].data, np.arange(64, dtype=np.float32))
     assert np.array_equal(tensors["blk.0.ffn_up.weight"].data, np.ones((3, 2, 32), np.float16))
     assert out.stat().st_size % gguf_out.ALIGNMENT == 0
+
+
+def test_a_header_that_disagrees_with_its_planned_size_fails_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tensor data is written at offsets computed from the header's size before the header
+    is packed (on another thread): a size that is off would shift every tensor."""
+    real = gguf_out._Strings.nbytes
+    monkeypatch.setattr(gguf_out._Strings, "nbytes", property(lambda self: real.fget(self) - 1))
+    out = tmp_path / "out.gguf"
+    with pytest.raises(OutputError, match="GGUF header: wrote"):
+        write_gguf(out, "gemma4", list(KV_CASES), TENSORS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tensor_that_fails_mid_write_waits_for_the_header_thread_and_leaves_no_file(tmp_path: Path) -> None:
+    bad = OutTensor("blk.0.attn_q.weight", (2, 64), "F32", data=np.zeros(3, np.float32))  # not its shape
+    tokens = [f"▁tok{i}" for i in range(200_000)]  # a header that takes a while to pack
+    before = threading.active_count()
+    with pytest.raises(OutputError, match=r"attn_q\.weight: transform produced shape"):
+        write_gguf(tmp_path / "out.gguf", "gemma4", [("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING)], [bad])
+    assert threading.active_count() == before  # the header thread was joined before the file closed
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from serving import Served
+from test_draft_lossless import wrap_drafter
 
 from g4cli.chat.conversation import Stats, Turn
 from g4cli.chat.settings import LoadOptions, Sampling
@@ -116,17 +117,9 @@ def held_answers(target: Path, prompts: list[str]) -> list[list[int]]:
 
 
 def test_accepted_drafts_counted_per_answer(pair, monkeypatch) -> None:
-    from g4cli.chat.runtime import draft
 
     answers = held_answers(pair, PROMPTS)
-    original = draft.attach
-
-    def oracle_attach(model, path, n_max=3):
-        real = original(model, path, n_max)
-        model.drafter = Oracle(real, model, answers)
-        return real
-
-    monkeypatch.setattr(draft, "attach", oracle_attach)
+    wrap_drafter(monkeypatch, lambda real, model: Oracle(real, model, answers))
     plain = served(pair, PROMPTS, parallel=2, draft="off")
     drafted = served(pair, PROMPTS, parallel=2, draft="on")
     assert [text for text, _ in drafted] == [text for text, _ in plain]
@@ -134,6 +127,34 @@ def test_accepted_drafts_counted_per_answer(pair, monkeypatch) -> None:
         assert 0.5 < stats.acceptance < 1.0, (stats.draft_accepted, stats.draft_tokens)
         # one target pass a round; a round keeps its accepted drafts and one token more
         assert stats.gen_tokens - stats.draft_accepted < N * 0.6
+
+
+class SlowDrafter:
+    """The real drafter, 50 ms slower a step: drafting can only lose."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+
+    def draft(self, *args, **kwargs) -> list[int]:
+        import time
+
+        time.sleep(0.05)
+        return self.real.draft(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def test_auto_pauses_a_drafter_that_does_not_pay(pair, monkeypatch) -> None:
+    """``--draft auto`` in the server: the worker times plain steps, then drafted ones, and stops
+    drafting when they are slower; the answers stay the same."""
+    wrap_drafter(monkeypatch, lambda real, _model: SlowDrafter(real))
+    plain = served(pair, PROMPTS, parallel=2, draft="off")
+    paced = served(pair, PROMPTS, parallel=2, draft="auto")
+    assert [text for text, _ in paced] == [text for text, _ in plain]
+    for _, stats in paced:
+        assert stats.draft_paused and 0 < stats.drafted_tps < stats.plain_tps
+        assert 0 < stats.draft_tokens <= 3 * 8  # only the rounds it timed drafted
 
 
 def test_without_rollback_the_served_answers_change(pair, monkeypatch) -> None:
@@ -162,7 +183,7 @@ def test_usage_counts_the_drafts(pair) -> None:
             for e in model.generate([Turn("user", PROMPTS[0])], Sampling(temperature=0.0, max_tokens=40), chat)
             if e.kind == "text"
         )
-    for draft in ("auto", "off"):
+    for draft in ("on", "off"):  # not auto: that paces drafting by the clock (test_draft_pace.py)
         with Served(pair, "--ctx", "1024", "--batch-invariant", "--draft", draft) as server:
             client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
             r = client.chat.completions.create(
@@ -170,7 +191,7 @@ def test_usage_counts_the_drafts(pair) -> None:
             )
         details = r.usage.completion_tokens_details
         assert r.choices[0].message.content == text and r.usage.completion_tokens == 40
-        if draft == "auto":
+        if draft == "on":
             assert chat.draft_tokens > 40
             assert details.accepted_prediction_tokens == chat.draft_accepted
             assert details.rejected_prediction_tokens == chat.draft_tokens - chat.draft_accepted

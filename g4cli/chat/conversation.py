@@ -50,6 +50,9 @@ class Stats:
     drafting: bool = False  # an assistant drafter proposed tokens (g4cli/chat/runtime/speculate.py)
     draft_tokens: int = 0  # proposed
     draft_accepted: int = 0  # proposed and kept
+    plain_tps: float = 0.0  # --draft auto: this answer's plain rounds, timed (speculate.Pace)
+    drafted_tps: float = 0.0  # and its drafted rounds
+    draft_paused: bool = False  # drafting measured slower than plain decoding here: stopped
 
     @property
     def acceptance(self) -> float:
@@ -84,6 +87,9 @@ class Stats:
             "draft_tokens": self.draft_tokens,
             "draft_accepted": self.draft_accepted,
             "draft_acceptance": round(self.acceptance, 4),
+            **({"plain_tokens_per_s": round(self.plain_tps, 2)} if self.plain_tps else {}),
+            **({"drafted_tokens_per_s": round(self.drafted_tps, 2)} if self.drafted_tps else {}),
+            "draft_paused": self.draft_paused,
         }
 
 

@@ -46,6 +46,7 @@ def attach_for(model: Model, choice: Choice, options: LoadOptions) -> None:
         raise DraftError(f"{path}: no such drafter file")
     try:
         attach(model, path, options.draft_max)
+        model.draft_paced = options.draft == "auto"
     except DraftUnavailable as e:
         if options.draft == "on":
             raise

@@ -83,9 +83,12 @@ def print_stats(stats: Stats) -> None:
         f"first token {stats.ttft_s * 1000:.0f} ms · peak memory {peak_rss_mb():.0f} MB[/]{stopped}"
     )
     if stats.drafting:
+        pace = f" · drafted rounds {stats.drafted_tps:.1f} tok/s" if stats.drafted_tps else ""
+        pace += f", plain {stats.plain_tps:.1f} tok/s" if stats.plain_tps else ""
+        paused = " · [yellow]paused[/][dim]: slower than plain decoding here" if stats.draft_paused else ""
         info(
             f"[dim]drafted {stats.draft_tokens} tokens, accepted {stats.draft_accepted} "
-            f"({stats.acceptance:.0%}) · {stats.gen_tokens - stats.draft_accepted} target passes[/]"
+            f"({stats.acceptance:.0%}) · {stats.gen_tokens - stats.draft_accepted} target passes{pace}{paused}[/]"
         )
 
 

@@ -123,7 +123,7 @@ def chat(  # long: one parameter per option, as Typer declares them; the body on
       g4 chat e4b --local "hi"                  # never through a running g4 serve
       g4 chat 31b --rpc 127.0.0.1:50052 "hi"    # layers on a g4 rpc-server too (ssh -L to reach it)
       g4 chat 31b --tensor-split 3,1 -v "hi"    # two GPUs, 3:1; -v prints the split
-      g4 chat e4b --draft off "hi"              # without the assistant drafter (same answer, slower)
+      g4 chat e4b --draft off "hi"              # without the assistant drafter
     """
     import llama_cpp  # noqa: F401  -- first, ahead of numpy (see g4cli/chat/runtime/model.py)
 

@@ -57,8 +57,10 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def _load(path: Path, window: int, threads: int | None):
     import llama_cpp
 
+    from g4cli.chat.runtime.ggml_api import backend_init
     from g4cli.chat.runtime.hardware import physical_cores
 
+    backend_init()  # as g4 chat: without the CPU buffer types that crash
     threads = threads or physical_cores()  # as g4 chat: oversubscribed ggml threads spin
 
     return llama_cpp.Llama(

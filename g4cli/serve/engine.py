@@ -136,7 +136,10 @@ class Worker(threading.Thread):
         self.loaded.set()
         if self.on_load:
             self.on_load(self)
+        from g4cli.chat.runtime.speculate import Pace
+
         drafter = self.model.drafter
+        self.pace = Pace(self.model.draft_paced)  # --draft auto: whether drafting pays, timed per step
         step = StepBatch(self.parallel * (1 + (self.model.draft_max if drafter else 0)))
         try:
             while True:
@@ -251,6 +254,7 @@ class Worker(threading.Thread):
         for job in self.active:
             job.idle.wait(max(0.0, deadline - time.perf_counter()))
         running = list(self.active)
+        t0 = time.perf_counter()
         try:
             self._propose(running, step.capacity)
             starts = step.decode(self.model, [(job.seq, [job.pending, *job.drafts]) for job in running])
@@ -262,13 +266,16 @@ class Worker(threading.Thread):
                     self.free.append(job.seq)
                 job.emit(e)
             return
+        tokens = 0
         for job, row in zip(running, starts, strict=True):
             if self.model.drafter is None:
                 self._advance(job, row)
             else:
-                self._accept(job, row)
+                tokens += self._accept(job, row)
             if job.decoder is None:
                 self.active.remove(job)
+        if self.model.drafter is not None:
+            self.pace.record(time.perf_counter() - t0, tokens, any(job.drafts for job in running))
 
     def _propose(self, running: list[Job], capacity: int) -> None:
         """Each drafting answer's drafts for this step, within the batch's rows and llama.cpp's n_batch."""
@@ -279,20 +286,25 @@ class Worker(threading.Thread):
         rows = min(capacity, model.n_batch) - len(running)  # one row each for the pending tokens
         for job in running:
             job.drafts = []
-            if model.drafter is not None and job.ready and rows > 0:
+            if model.drafter is not None and job.ready and rows > 0 and self.pace.wants_drafts():
                 assert job.decoder is not None and job.seq is not None and job.pending is not None
                 job.drafts = propose(model.drafter, job.decoder, job.seq, job.pending, min(model.draft_max, rows))
                 rows -= len(job.drafts)
 
-    def _accept(self, job: Job, row: int) -> None:
-        """Sample the job's verify rows from ``row`` on, keeping drafts while the chain agrees."""
+    def _accept(self, job: Job, row: int) -> int:
+        """Sample the job's verify rows from ``row`` on, keeping drafts while the chain agrees;
+        returns the tokens the answer gained."""
         from g4cli.chat.runtime.speculate import accept
 
         assert job.decoder is not None and job.seq is not None and self.model is not None
-        job.decoder.stats.drafting = True
+        stats = job.decoder.stats
+        stats.drafting = True
         pos0 = job.seq.n_past - 1 - len(job.drafts)
         events, tok, j = accept(job.decoder, job.seq, job.drafts, row, pos0)
-        self.model.drafter.take_hidden(row + j, job.seq.seq_id)
+        if self.pace.pays is not False:
+            self.model.drafter.take_hidden(row + j, job.seq.seq_id)
+        stats.plain_tps, stats.drafted_tps = self.pace.tps(drafted=False), self.pace.tps(drafted=True)
+        stats.draft_paused = self.pace.pays is False
         job.ready = True
         if events:
             job.idle.clear()
@@ -302,3 +314,4 @@ class Worker(threading.Thread):
             self._finish(job, job.decoder.finish)
         else:
             job.pending = tok
+        return j + 1

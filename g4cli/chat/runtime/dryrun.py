@@ -37,10 +37,11 @@ def compute_buffers(
     kv_type: str,
 ) -> dict[str, int]:
     """Device name -> the compute buffer llama.cpp reserves there for ``plan`` ({} if it cannot say)."""
+    from g4cli.chat.runtime.ggml_api import backend_init
     from g4cli.chat.runtime.model import KV_TYPES, Model
 
     LOG.install()
-    llama_cpp.llama_backend_init()
+    backend_init()
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = plan.n_gpu_layers
     keep = plan.apply(mp)  # noqa: F841  -- the tensor_split array must outlive the load

@@ -1,4 +1,5 @@
-"""The ggml calls llama-cpp-python does not bind: the device list and the RPC backend.
+"""The ggml calls llama-cpp-python does not bind: the device list, the RPC backend, and
+``backend_init`` (llama.cpp's backend, less the CPU buffer types that crash).
 
 Signatures from the vendored ggml/include/ggml-backend.h, ggml-rpc.h and ggml.h (0.3.36). The
 functions are looked up through libllama's handle, so they are those of the very libggml copy
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import re
+from functools import cache
 from pathlib import Path
 
 import llama_cpp  # loads libggml first: the device registry is the one llama.cpp uses
@@ -88,6 +90,8 @@ _declare(
         "ggml_backend_reg_name": ([P], STR),
         "ggml_backend_reg_dev_count": ([P], SIZE),
         "ggml_backend_reg_dev_get": ([P, SIZE], P),
+        "ggml_backend_reg_get_proc_address": ([P, STR], P),
+        "ggml_backend_buft_name": ([P], STR),
         "ggml_set_abort_callback": ([ABORT_CALLBACK], P),
     },
 )
@@ -100,3 +104,51 @@ if rpc is not None:
             "ggml_backend_rpc_add_server": ([STR], P),  # a registry with the server's devices (NULL: none)
         },
     )
+
+
+# Weight buffer types of the CPU backend g4 never lets llama.cpp use. AMX (Intel Sapphire Rapids
+# and later; compiled in when the build machine has it, as -march=native does): its matrix
+# multiply segfaults on the first prompt, at tiny and at E2B widths alike, for Q4_K_M and Q8_0
+# (measured with llama-cpp-python 0.3.36; ggml-org/llama.cpp#20824, closed unfixed). Without it the
+# same weights take CPU_REPACK or plain CPU buffers, as on any other x86 CPU.
+BROKEN_CPU_BUFFER_TYPES = frozenset({"AMX"})
+_EXTRA_BUFTS = ctypes.CFUNCTYPE(ctypes.POINTER(P), P)  # ggml-backend.h: ggml_backend_dev_get_extra_bufts_t
+
+
+def cpu_extra_buffer_types() -> list[str]:
+    """The CPU backend's extra weight buffer types, in the order llama.cpp prefers them."""
+    return [base.ggml_backend_buft_name(b).decode() for b in _extra_bufts()[1]]
+
+
+def _extra_bufts() -> tuple[ctypes.Array | None, list[int]]:
+    """The CPU device's NULL-terminated buffer-type array (llama.cpp reads it at each model load)
+    and its entries."""
+    dev = ggml.ggml_backend_dev_by_type(DEV_CPU)
+    fn = (
+        base.ggml_backend_reg_get_proc_address(
+            base.ggml_backend_dev_backend_reg(dev), b"ggml_backend_dev_get_extra_bufts"
+        )
+        if dev
+        else None
+    )
+    if not fn:
+        return None, []
+    array = _EXTRA_BUFTS(fn)(dev)
+    entries: list[int] = []
+    while array and array[len(entries)]:
+        entries.append(array[len(entries)])
+    return array, entries
+
+
+@cache
+def backend_init() -> tuple[str, ...]:
+    """``llama_backend_init``, once, with ``BROKEN_CPU_BUFFER_TYPES`` taken out of the CPU's
+    extra buffer types (the array is the CPU backend's own: every later model load, adapter and
+    fit estimate reads it without them); the names taken out."""
+    llama_cpp.llama_backend_init()
+    array, entries = _extra_bufts()
+    names = [base.ggml_backend_buft_name(b).decode() for b in entries]
+    keep = [b for b, name in zip(entries, names) if name not in BROKEN_CPU_BUFFER_TYPES]
+    for i in range(len(entries)):  # in place, still NULL-terminated: it only gets shorter
+        array[i] = keep[i] if i < len(keep) else None
+    return tuple(name for name in names if name in BROKEN_CPU_BUFFER_TYPES)

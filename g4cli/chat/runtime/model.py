@@ -24,6 +24,7 @@ from g4cli.chat import template
 from g4cli.chat.conversation import Event, Stats, Turn
 from g4cli.chat.media import Media
 from g4cli.chat.runtime.cache import MediaUnit, Sequence
+from g4cli.chat.runtime.ggml_api import backend_init
 from g4cli.chat.runtime.handle import Handle
 from g4cli.chat.runtime.hardware import physical_cores
 from g4cli.chat.runtime.llama_log import LOG
@@ -43,7 +44,6 @@ KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
 # the repacked copy (E4B Q4_K_M: +1.8 GB). See bench/memory_bench.py.
 CPU_LOAD_MODE = llama_cpp.LLAMA_LOAD_MODE_NONE
 _CONTROL_TEXT = {"<|channel>": "open", "<channel|>": "close"}
-_BACKEND = {"ready": False}
 # The per-image token budget without --image-tokens: the most gemma4v takes (mtmd's image_max_tokens).
 # llama.cpp sizes each image dynamically: its own size rounded to 48 px, shrunk only to fit the
 # budget, enlarged only up to 70 tokens (image_min_tokens), so a high budget costs small images
@@ -135,9 +135,7 @@ class Model(Handle):
             raise RuntimeFailure(f"context size {n_ctx} is too small")
         self._log = LOG.install()  # llama.cpp's own log, shown with G4_LLAMA_LOG=1
         t0 = time.perf_counter()
-        if not _BACKEND["ready"]:
-            llama_cpp.llama_backend_init()
-            _BACKEND["ready"] = True
+        backend_init()
         threads = n_threads or physical_cores()
         self.threads = threads
         self.flash_attn = self._flash_attn(flash_attn, kv_type, n_gpu_layers)
@@ -149,6 +147,8 @@ class Model(Handle):
         self.model = self.ctx = self._mtmd = self._batch = None
         self.drafter: Drafter | None = None  # an assistant attached by runtime/draft.attach
         self.draft_max = 0
+        self.draft_paced = False  # --draft auto: draft only while it is measured to pay (speculate.Pace)
+        self.draft_pays: bool | None = None  # what the first paced answer measured
         try:
             self._load(n_ctx, threads, n_gpu_layers, n_batch, n_seq)
         except BaseException:
