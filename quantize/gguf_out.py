@@ -140,6 +140,11 @@ def _copy_range(
             wrote(n)
 
 
+def _aligned(n: int) -> int:
+    """``n`` rounded up to the tensor-data alignment."""
+    return -(-n // ALIGNMENT) * ALIGNMENT
+
+
 def _pwrite_all(fd: int, data: bytes | memoryview, pos: int) -> int:
     """Write all of ``data`` at ``pos``; returns the position after it."""
     view = memoryview(data)
@@ -250,7 +255,7 @@ def _header_pieces(arch: str, kv: Iterable[KV], tensors: Sequence) -> Iterator[b
     for t in tensors:
         dims = tuple(reversed(t.shape))  # GGUF lists the fastest-varying dimension first
         yield _pack_string(t.name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, GGML_TYPES[t.dtype], offset)
-        offset += -(-t.nbytes // ALIGNMENT) * ALIGNMENT
+        offset += _aligned(t.nbytes)
 
 
 def gguf_header(arch: str, kv: Iterable[KV], tensors: Sequence) -> Iterator[bytes]:
@@ -341,7 +346,7 @@ def write_gguf(
             if durable:
                 flusher.start()
             try:
-                _write_tensors(fd, -(-size // ALIGNMENT) * ALIGNMENT, tensors, on_progress, total, flusher.wrote)
+                _write_tensors(fd, _aligned(size), tensors, on_progress, total, flusher.wrote)
             finally:  # before the file closes, on failure too: never a write to a reused fd
                 header.join()
                 if durable:
@@ -353,11 +358,11 @@ def _write_tensors(
     fd: int, pos: int, tensors: list, on_progress: Progress | None, total: int, wrote: Callable[[int], None]
 ) -> None:
     """Each tensor's bytes at its aligned offset from ``pos``, then the file padded to alignment;
-    ``wrote(n)`` after each tensor."""
+    ``wrote(n)`` for every ``n`` bytes written."""
     done = 0
     for t in tensors:
-        copied = t.data is None and t.transform is None and t.source.dtype == t.dtype
-        if copied:  # same type: let the kernel copy the bytes (as fast as `cp`, no user-space buffer)
+        if t.data is None and t.transform is None and t.source.dtype == t.dtype:
+            # same type: let the kernel copy the bytes (as fast as `cp`, no user-space buffer)
             report = lambda n, base=done: on_progress and on_progress(base + n, total)  # noqa: E731
             _copy_range(t.source, t.nbytes, fd, pos, report, wrote)
             written = t.nbytes
@@ -370,8 +375,7 @@ def _write_tensors(
             written, pos = pos - start, start
             if written != t.nbytes:
                 raise OutputError(f"{t.name}: wrote {written} bytes, expected {t.nbytes}")
-        done += written
-        if not copied:
             wrote(written)
-        pos += -(-written // ALIGNMENT) * ALIGNMENT  # the gap reads as zeros
+        done += written
+        pos += _aligned(written)  # the gap reads as zeros
     os.ftruncate(fd, pos)

@@ -34,15 +34,15 @@ def test_pace_decides_from_the_rounds_it_timed() -> None:
     assert Pace(paced=True, pays=True).wants_drafts()  # no plain rounds again
 
 
-class Slow(Oracle):
-    def draft(self, token: int, pos: int, n: int, seq_id: int = 0) -> list[int]:
-        time.sleep(0.05)
-        return list(self.expected[pos + 1 : pos + 1 + n])
-
-
 class Perfect(Oracle):
     def draft(self, token: int, pos: int, n: int, seq_id: int = 0) -> list[int]:
         return list(self.expected[pos + 1 : pos + 1 + n])
+
+
+class Slow(Perfect):
+    def draft(self, token: int, pos: int, n: int, seq_id: int = 0) -> list[int]:
+        time.sleep(0.05)
+        return super().draft(token, pos, n, seq_id)
 
 
 def paced_answers(target, drafter_path, kind: type[Oracle], plain: list) -> tuple[list[Stats], list[list]]:

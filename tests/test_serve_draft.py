@@ -117,7 +117,6 @@ def held_answers(target: Path, prompts: list[str]) -> list[list[int]]:
 
 
 def test_accepted_drafts_counted_per_answer(pair, monkeypatch) -> None:
-
     answers = held_answers(pair, PROMPTS)
     wrap_drafter(monkeypatch, lambda real, model: Oracle(real, model, answers))
     plain = served(pair, PROMPTS, parallel=2, draft="off")

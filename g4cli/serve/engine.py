@@ -303,8 +303,7 @@ class Worker(threading.Thread):
         events, tok, j = accept(job.decoder, job.seq, job.drafts, row, pos0)
         if self.pace.pays is not False:
             self.model.drafter.take_hidden(row + j, job.seq.seq_id)
-        stats.plain_tps, stats.drafted_tps = self.pace.tps(drafted=False), self.pace.tps(drafted=True)
-        stats.draft_paused = self.pace.pays is False
+        self.pace.report(stats)
         job.ready = True
         if events:
             job.idle.clear()

@@ -117,19 +117,21 @@ _EXTRA_BUFTS = ctypes.CFUNCTYPE(ctypes.POINTER(P), P)  # ggml-backend.h: ggml_ba
 
 def cpu_extra_buffer_types() -> list[str]:
     """The CPU backend's extra weight buffer types, in the order llama.cpp prefers them."""
-    return [base.ggml_backend_buft_name(b).decode() for b in _extra_bufts()[1]]
+    return _names(_extra_bufts()[1])
+
+
+def _names(bufts: list[int]) -> list[str]:
+    return [base.ggml_backend_buft_name(b).decode() for b in bufts]
 
 
 def _extra_bufts() -> tuple[ctypes.Array | None, list[int]]:
     """The CPU device's NULL-terminated buffer-type array (llama.cpp reads it at each model load)
     and its entries."""
     dev = ggml.ggml_backend_dev_by_type(DEV_CPU)
-    fn = (
-        base.ggml_backend_reg_get_proc_address(
-            base.ggml_backend_dev_backend_reg(dev), b"ggml_backend_dev_get_extra_bufts"
-        )
-        if dev
-        else None
+    if not dev:
+        return None, []
+    fn = base.ggml_backend_reg_get_proc_address(
+        base.ggml_backend_dev_backend_reg(dev), b"ggml_backend_dev_get_extra_bufts"
     )
     if not fn:
         return None, []
@@ -147,7 +149,7 @@ def backend_init() -> tuple[str, ...]:
     fit estimate reads it without them); the names taken out."""
     llama_cpp.llama_backend_init()
     array, entries = _extra_bufts()
-    names = [base.ggml_backend_buft_name(b).decode() for b in entries]
+    names = _names(entries)
     keep = [b for b, name in zip(entries, names) if name not in BROKEN_CPU_BUFFER_TYPES]
     for i in range(len(entries)):  # in place, still NULL-terminated: it only gets shorter
         array[i] = keep[i] if i < len(keep) else None

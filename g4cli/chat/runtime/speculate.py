@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from g4cli.chat.conversation import Event
+from g4cli.chat.conversation import Event, Stats
 
 if TYPE_CHECKING:
     from g4cli.chat.runtime.cache import Sequence
@@ -68,19 +68,23 @@ class Pace:
     def record(self, seconds: float, tokens: int, drafted: bool) -> None:
         """One round: its wall time (the answer's own work, not its rendering) and tokens."""
         if drafted:
-            self.drafted_s, self.drafted_n, self.drafted_rounds = (
-                self.drafted_s + seconds,
-                self.drafted_n + tokens,
-                self.drafted_rounds + 1,
-            )
+            self.drafted_s += seconds
+            self.drafted_n += tokens
+            self.drafted_rounds += 1
         else:
-            self.plain_s, self.plain_n = self.plain_s + seconds, self.plain_n + tokens
+            self.plain_s += seconds
+            self.plain_n += tokens
         if self.paced and self.pays is None and self.drafted_rounds >= DRAFTED_ROUNDS:
             self.pays = self.tps(drafted=True) >= self.tps(drafted=False)
 
     def tps(self, *, drafted: bool) -> float:
         n, s = (self.drafted_n, self.drafted_s) if drafted else (self.plain_n, self.plain_s)
         return n / s if s > 0 else 0.0
+
+    def report(self, stats: Stats) -> None:
+        """Its figures so far into an answer's stats (``--verbose``, ``/stats``, ``--json``, usage)."""
+        stats.plain_tps, stats.drafted_tps = self.tps(drafted=False), self.tps(drafted=True)
+        stats.draft_paused = self.pays is False
 
 
 def propose(drafter: Drafter, decoder: Decoder, seq: Sequence, tok: int, n_max: int) -> list[int]:
@@ -132,8 +136,7 @@ def speculate(model: Model, seq: Sequence, decoder: Decoder, drafter: Drafter, n
                 drafter.take_hidden(j, seq.seq_id)
             ready = True
             pace.record(time.perf_counter() - t0, j + 1, bool(drafts))
-            stats.plain_tps, stats.drafted_tps = pace.tps(drafted=False), pace.tps(drafted=True)
-            stats.draft_paused = pace.pays is False
+            pace.report(stats)
             if model.draft_paced and pace.pays is not None:
                 model.draft_pays = pace.pays
             yield from events
